@@ -1,0 +1,1 @@
+"""Private implementation modules of entropy_optax; import from the package."""

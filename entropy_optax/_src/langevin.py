@@ -1,0 +1,111 @@
+"""One Langevin (inner) step of Entropy-SGD, as a pure function of pytrees.
+
+Both modes of the transform, step-interleaved and fused, call
+:func:`langevin_step`; nothing else moves the walker.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+from entropy_optax._src import noise as noise_lib
+
+
+class LangevinHyperparams(NamedTuple):
+  """The scalars of one Langevin step (each a float or a scalar array)."""
+
+  gamma: Any
+  langevin_lr: Any
+  noise: Any
+  mu_decay: Any
+  weight_decay: Any
+  inner_momentum: Any
+  nesterov: bool
+  draw_noise: bool
+
+
+class LangevinResult(NamedTuple):
+  delta: Any
+  """The walker's displacement; ``walker + delta`` is the new walker."""
+  walker: Any
+  mu: Any
+  momentum: Any
+
+
+def langevin_step(
+    grads: Any,
+    walker: Any,
+    anchor: Any,
+    mu: Any,
+    momentum: Optional[Any],
+    key: jax.Array,
+    hp: LangevinHyperparams,
+) -> LangevinResult:
+  r"""One SGLD step of the walker x' towards the local Gibbs measure around x.
+
+  .. math::
+
+    m &\leftarrow \beta m + g, \qquad
+        g \leftarrow g + \beta m \ \text{(Nesterov)} \ \text{or}\ m, \\
+    d &\leftarrow g - \gamma (x - x') + \mathrm{wd}\, x'
+        + \frac{\epsilon}{\sqrt{\eta'/2}}\, \xi, \qquad \xi \sim N(0, I), \\
+    x' &\leftarrow x' - \eta' d, \qquad
+    \mu \leftarrow \alpha \mu + (1 - \alpha) x'.
+
+  Args:
+    grads: gradient of the loss at ``walker`` on one minibatch.
+    walker: the walker x'.
+    anchor: the anchor x.
+    mu: the running mean of the walker.
+    momentum: the momentum buffer m, or None when the inner momentum is 0.
+    key: typed PRNG key of this step's noise.
+    hp: the step's scalars; noise is drawn only when ``hp.draw_noise``.
+
+  Returns:
+    The displacement, the new walker (``walker + delta`` in the walker's
+    dtype, exactly what ``optax.apply_updates`` computes), the new mean and the
+    new momentum buffer (None if ``momentum`` is None).
+  """
+  xi = noise_lib.standard_normal_like(key, walker) if hp.draw_noise else None
+
+  def leaf_step(g, w, x, mean, m, z):
+    dtype = w.dtype
+    cast = lambda s: jnp.asarray(s, dtype)
+    g = g.astype(dtype)
+    if m is not None:
+      m = cast(hp.inner_momentum) * m + g
+      g = g + cast(hp.inner_momentum) * m if hp.nesterov else m
+    d = g - cast(hp.gamma) * (x - w)
+    d = d + cast(hp.weight_decay) * w
+    if z is not None:
+      d = d + cast(hp.noise) / jnp.sqrt(cast(0.5) * cast(hp.langevin_lr)) * z
+    delta = -cast(hp.langevin_lr) * d
+    new_w = (w + delta).astype(dtype)
+    alpha = cast(hp.mu_decay)
+    new_mean = alpha * mean + (cast(1.0) - alpha) * new_w
+    return delta, new_w, new_mean, m
+
+  leaves_w, treedef = jax.tree.flatten(walker)
+  flat = lambda tree: treedef.flatten_up_to(tree)
+  none_leaves = [None] * len(leaves_w)
+  results = [
+      leaf_step(*args)
+      for args in zip(
+          flat(grads),
+          leaves_w,
+          flat(anchor),
+          flat(mu),
+          none_leaves if momentum is None else flat(momentum),
+          none_leaves if xi is None else flat(xi),
+      )
+  ]
+  unflatten = lambda i: jax.tree.unflatten(treedef, [r[i] for r in results])
+  return LangevinResult(
+      delta=unflatten(0),
+      walker=unflatten(1),
+      mu=unflatten(2),
+      momentum=None if momentum is None else unflatten(3),
+  )

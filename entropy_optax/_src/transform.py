@@ -1,0 +1,409 @@
+"""The Entropy-SGD gradient transformation: ``local_entropy`` and its aliases."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from entropy_optax._src import langevin
+from entropy_optax._src import noise as noise_lib
+from entropy_optax._src import schedules
+from entropy_optax._src import validation
+
+ScalarOrSchedule = optax.ScalarOrSchedule
+
+
+class EntropySGDState(NamedTuple):
+  """State of :func:`local_entropy` (and so of ``entropy_sgd``, ``entropy_adam``).
+
+  In step-interleaved mode the params passed to ``update`` are the walker x';
+  the anchor x lives here. :func:`entropy_optax.anchor_params` finds it.
+  """
+
+  count: jax.Array
+  """Outer steps taken (int32); the scope schedule is evaluated at it."""
+  inner_count: jax.Array
+  """Langevin steps taken in the current outer step, in [0, inner_steps)."""
+  anchor: optax.Params
+  """The anchor x: the weights to evaluate."""
+  mu: optax.Params
+  """Running mean of the walker, the estimate of <x'>."""
+  momentum: Optional[optax.Params]
+  """Inner momentum buffer m, reset every outer step; None when the inner
+  momentum is the constant 0."""
+  key: jax.Array
+  """Raw uint32 PRNG key data; constant: each step folds in its counters."""
+  outer_state: optax.OptState
+  """State of the outer transform, which receives D = x - mu as its updates."""
+  inner_state: optax.OptState
+  """State of the ``inner`` transform applied to every Langevin gradient."""
+  skipped: jax.Array
+  """Outer steps abandoned because a non-finite value appeared (int32)."""
+  carry: Any
+  """The last fused call's ``grad_fn`` carry (BatchNorm statistics, say);
+  None until a fused call passes ``carry``."""
+
+
+def _all_finite(tree: Any) -> jax.Array:
+  flags = [
+      jnp.all(jnp.isfinite(leaf))
+      for leaf in jax.tree.leaves(tree)
+      if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
+  ]
+  return jnp.all(jnp.stack(flags)) if flags else jnp.asarray(True)
+
+
+def _check_like_params(name: str, tree: Any, params: Any) -> None:
+  """Raises ValueError unless ``tree`` has the structure and shapes of params."""
+  if jax.tree.structure(tree) != jax.tree.structure(params):
+    raise ValueError(
+        f"{name} must have the tree structure of params.\n"
+        f"  {name}: {jax.tree.structure(tree)}\n"
+        f"  params: {jax.tree.structure(params)}"
+    )
+  for (path, leaf), param in zip(
+      jax.tree_util.tree_leaves_with_path(tree), jax.tree.leaves(params)
+  ):
+    if np.shape(leaf) != np.shape(param):
+      raise ValueError(
+          f"{name}{jax.tree_util.keystr(path)} has shape {np.shape(leaf)}, but "
+          f"the param there has shape {np.shape(param)}."
+      )
+
+
+def _check_batches(batches: Any, inner_steps: int) -> None:
+  for path, leaf in jax.tree_util.tree_leaves_with_path(batches):
+    shape = np.shape(leaf)
+    if not shape or shape[0] != inner_steps - 1:
+      raise ValueError(
+          "batches must hold the remaining inner_steps - 1 = "
+          f"{inner_steps - 1} minibatches along each leaf's leading axis (the "
+          "grads passed to update are the first of inner_steps = "
+          f"{inner_steps}), but batches{jax.tree_util.keystr(path)} has shape "
+          f"{shape}."
+      )
+
+
+def local_entropy(
+    outer: optax.GradientTransformation,
+    *,
+    inner_steps: int = 20,
+    gamma: ScalarOrSchedule = 0.03,
+    langevin_lr: ScalarOrSchedule = 0.1,
+    noise: ScalarOrSchedule = 1e-4,
+    mu_decay: float = 0.75,
+    inner_momentum: float = 0.0,
+    nesterov: bool = True,
+    weight_decay: float = 0.0,
+    scale_by_gamma: bool = False,
+    key: Any = 0,
+    inner: Optional[optax.GradientTransformation] = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Entropy-SGD around any outer optax transform.
+
+  Descends the negative local entropy
+  :math:`-F(x; \gamma) = -\log \int \exp(-f(x') - \tfrac{\gamma}{2}
+  \|x - x'\|^2)\, dx'`, whose gradient is :math:`\gamma (x - \langle x'
+  \rangle)`. Each outer step runs ``inner_steps`` (L) Langevin steps of a
+  walker x' started at the anchor x (see :func:`langevin_step` in
+  ``entropy_optax._src.langevin``), keeps their running mean
+  :math:`\mu \approx \langle x' \rangle`, then hands
+  :math:`D = x - \mu` (or :math:`\gamma (x - \mu)` with ``scale_by_gamma``)
+  to ``outer`` as the updates of x.
+
+  Two ways to call ``update``:
+
+  * **step-interleaved**: ``update(grads, state, params)`` with the gradient
+    at ``params`` on one minibatch takes one Langevin step, and the returned
+    updates move params to the new walker. Every L-th call also takes the
+    outer step and moves params to the new anchor. The params are the walker;
+    evaluate the anchor (:func:`entropy_optax.anchor_params`).
+  * **fused**: ``update(grads, state, params, grad_fn=grad_fn,
+    batches=batches)`` runs a whole outer step from ``params`` (the anchor).
+    ``grads`` is the gradient at params on the first minibatch; the other
+    L - 1 Langevin steps run in one ``lax.scan`` over ``batches``, whose
+    leaves have leading axis L - 1, calling ``grad_fn(walker, batch)``. One
+    outer step costs L gradient evaluations. With ``carry=c``, ``grad_fn`` is
+    called as ``grad_fn(walker, batch, carry) -> (grads, carry)``: thread
+    mutable model state (BatchNorm statistics) through it, and put per-step
+    randomness (dropout keys) in ``batches``. The final carry is stored in
+    the state (:func:`entropy_optax.fused_carry` reads it).
+
+  A non-finite walker, anchor or carry anywhere in an outer step abandons it:
+  params go back to (fused: stay at) the anchor, the state is unchanged but
+  for its ``skipped`` counter, and the next call trains normally.
+
+  Args:
+    outer: the transform of the anchor, e.g. ``optax.sgd(1.0)``; it receives
+      D as its updates and the anchor as its params.
+    inner_steps: L, the Langevin steps per outer step; a static int >= 1.
+    gamma: the scope gamma (authors' ``--gamma``), a float or a schedule of
+      the outer-step count such as :func:`entropy_optax.scoping`.
+    langevin_lr: eta', the Langevin step size (authors' ``lclr``); float or
+      schedule of the outer-step count.
+    noise: eps, the thermal noise (authors' ``--noise``): each Langevin step
+      moves the walker by N(0, (eps sqrt(2 eta'))^2) noise. 0 makes the inner
+      loop deterministic.
+    mu_decay: alpha, the weight of the OLD mean in
+      mu <- alpha mu + (1 - alpha) x' (authors' ``beta1``, 0.75), in [0, 1).
+    inner_momentum: beta, momentum of the Langevin steps on the data gradient,
+      reset every outer step, in [0, 1).
+    nesterov: Nesterov form of the inner momentum.
+    weight_decay: wd; adds wd x' to each Langevin step's gradient.
+    scale_by_gamma: feed gamma (x - mu) to ``outer`` as the paper's Alg. 1
+      writes, instead of the authors' code's x - mu.
+    key: an int seed or a JAX PRNG key for the Langevin noise.
+    inner: an optional transform applied to EVERY Langevin gradient before
+      the momentum (clipping, say), in both modes. In fused mode a transform
+      chained before this one only sees the first gradient of each outer
+      step. Its state is kept across outer steps.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Extra keyword arguments
+    other than ``grad_fn``, ``batches`` and ``carry`` are passed on to
+    ``outer`` and ``inner``, which ignore those they do not take.
+
+  Raises:
+    ValueError, TypeError: at construction, naming the bad hyperparameter;
+      at update, naming ``grads``, ``batches`` or ``inner_steps`` when
+      shapes disagree or ``grad_fn`` comes without ``batches``.
+
+  Examples:
+    Entropy-Adam, step-interleaved:
+
+    >>> import jax, jax.numpy as jnp, optax, entropy_optax
+    >>> tx = entropy_optax.local_entropy(optax.adam(1e-2), inner_steps=2)
+    >>> params = {"w": jnp.ones(3)}
+    >>> state = tx.init(params)
+    >>> loss = lambda p: jnp.sum(p["w"] ** 2)
+    >>> for _ in range(4):  # two outer steps
+    ...   updates, state = tx.update(jax.grad(loss)(params), state, params)
+    ...   params = optax.apply_updates(params, updates)
+    >>> int(state.count), bool(jnp.all(params["w"] < 1))
+    (2, True)
+
+  References:
+    Chaudhari et al., `Entropy-SGD: Biasing Gradient Descent Into Wide Valleys
+    <https://arxiv.org/abs/1611.01838>`_, ICLR 2017.
+  """
+  if not isinstance(outer, optax.GradientTransformation):
+    raise TypeError(
+        "outer must be an optax.GradientTransformation such as optax.sgd(1.0), "
+        f"got {type(outer).__name__}."
+    )
+  if inner is not None and not isinstance(inner, optax.GradientTransformation):
+    raise TypeError(
+        "inner must be None or an optax.GradientTransformation, got "
+        f"{type(inner).__name__}."
+    )
+  inner_steps = validation.check_inner_steps(inner_steps)
+  validation.check_non_negative("gamma", gamma)
+  validation.check_positive("langevin_lr", langevin_lr)
+  validation.check_non_negative("noise", noise)
+  validation.check_unit_interval("mu_decay", mu_decay)
+  validation.check_unit_interval("inner_momentum", inner_momentum)
+  validation.check_non_negative("weight_decay", weight_decay)
+  nesterov = validation.check_bool("nesterov", nesterov)
+  scale_by_gamma = validation.check_bool("scale_by_gamma", scale_by_gamma)
+  key_data = noise_lib.key_data(key)
+
+  outer = optax.with_extra_args_support(outer)
+  inner = optax.with_extra_args_support(inner or optax.identity())
+  # Constant zeros cost nothing at run time: no momentum buffer, no draws.
+  use_momentum = validation.concrete_value(inner_momentum) != 0.0
+  draw_noise = validation.concrete_value(noise) != 0.0
+
+  def hyperparams(count: jax.Array) -> langevin.LangevinHyperparams:
+    return langevin.LangevinHyperparams(
+        gamma=schedules.evaluate(gamma, count),
+        langevin_lr=schedules.evaluate(langevin_lr, count),
+        noise=schedules.evaluate(noise, count),
+        mu_decay=mu_decay,
+        weight_decay=weight_decay,
+        inner_momentum=inner_momentum,
+        nesterov=nesterov,
+        draw_noise=draw_noise,
+    )
+
+  def init_fn(params: optax.Params) -> EntropySGDState:
+    copy = lambda tree: jax.tree.map(lambda p: jnp.array(p, copy=True), tree)
+    return EntropySGDState(
+        count=jnp.zeros([], jnp.int32),
+        inner_count=jnp.zeros([], jnp.int32),
+        anchor=copy(params),
+        mu=copy(params),
+        momentum=optax.tree.zeros_like(params) if use_momentum else None,
+        key=key_data,
+        outer_state=outer.init(params),
+        inner_state=inner.init(params),
+        skipped=jnp.zeros([], jnp.int32),
+        carry=None,
+    )
+
+  def inner_step(grads, walker, mu, momentum, inner_state, anchor, state, k, extra):
+    """The Langevin step both modes take: ``inner`` then ``langevin_step``."""
+    grads, inner_state = inner.update(grads, inner_state, walker, **extra)
+    step = langevin.langevin_step(
+        grads,
+        walker,
+        anchor,
+        mu,
+        momentum,
+        noise_lib.step_key(state.key, state.count, k),
+        hyperparams(state.count),
+    )
+    return step, inner_state
+
+  def outer_updates(anchor, mu, state, extra):
+    """The outer step's updates of the anchor and the outer state."""
+    d = jax.tree.map(lambda x, m: x - m, anchor, mu)
+    if scale_by_gamma:
+      g = schedules.evaluate(gamma, state.count)
+      d = jax.tree.map(lambda leaf: jnp.asarray(g, leaf.dtype) * leaf, d)
+    return outer.update(d, state.outer_state, anchor, **extra)
+
+  def next_outer_state(state, anchor, outer_state, inner_state, carry):
+    """The state at the start of the next outer step, walker at the anchor."""
+    return state._replace(
+        count=state.count + 1,
+        inner_count=jnp.zeros_like(state.inner_count),
+        anchor=anchor,
+        mu=anchor,
+        momentum=None if state.momentum is None else optax.tree.zeros_like(anchor),
+        outer_state=outer_state,
+        inner_state=inner_state,
+        carry=carry,
+    )
+
+  def interleaved_update(grads, state, params, extra):
+    step, inner_state = inner_step(
+        grads, params, state.mu, state.momentum, state.inner_state,
+        state.anchor, state, state.inner_count, extra,
+    )
+
+    def finish_outer_step():
+      updates, outer_state = outer_updates(state.anchor, step.mu, state, extra)
+      target = optax.apply_updates(state.anchor, updates)
+      # Params end exactly on the stored anchor after apply_updates.
+      to_anchor = jax.tree.map(lambda t, p: (t - p).astype(p.dtype), target, params)
+      anchor = optax.apply_updates(params, to_anchor)
+      return to_anchor, next_outer_state(state, anchor, outer_state, inner_state, state.carry)
+
+    def continue_inner_loop():
+      return step.delta, state._replace(
+          inner_count=state.inner_count + 1,
+          mu=step.mu,
+          momentum=step.momentum,
+          inner_state=inner_state,
+      )
+
+    if inner_steps == 1:
+      updates, new_state = finish_outer_step()
+    else:
+      updates, new_state = jax.lax.cond(
+          state.inner_count == inner_steps - 1, finish_outer_step, continue_inner_loop
+      )
+
+    def abandon():
+      back = jax.tree.map(lambda x, p: (x - p).astype(p.dtype), state.anchor, params)
+      return back, state._replace(
+          inner_count=jnp.zeros_like(state.inner_count),
+          mu=state.anchor,
+          momentum=None if state.momentum is None else optax.tree.zeros_like(params),
+          skipped=state.skipped + 1,
+      )
+
+    finite = _all_finite(optax.apply_updates(params, updates))
+    return jax.lax.cond(finite, lambda: (updates, new_state), abandon)
+
+  def fused_update(grads, state, params, grad_fn, batches, carry, extra):
+    _check_batches(batches, inner_steps)
+    if not isinstance(state.inner_count, jax.core.Tracer) and int(state.inner_count):
+      raise ValueError(
+          "fused mode starts an outer step, but the state is "
+          f"{int(state.inner_count)} Langevin steps into one: take the "
+          f"remaining {inner_steps - int(state.inner_count)} step-interleaved "
+          "steps first."
+      )
+    threads_carry = carry is not None
+    anchor = params
+    momentum = optax.tree.zeros_like(params) if use_momentum else None
+
+    def langevin(loop, grads, k):
+      walker, mu, momentum, inner_state, carry = loop
+      step, inner_state = inner_step(
+          grads, walker, mu, momentum, inner_state, anchor, state, k, extra
+      )
+      return (step.walker, step.mu, step.momentum, inner_state, carry)
+
+    loop = langevin((params, params, momentum, state.inner_state, carry), grads, 0)
+
+    def scan_body(loop, xs):
+      k, batch = xs
+      walker, carry = loop[0], loop[-1]
+      if threads_carry:
+        grads, carry = grad_fn(walker, batch, carry)
+      else:
+        grads = grad_fn(walker, batch)
+      _check_like_params("grads returned by grad_fn", grads, walker)
+      return langevin(loop[:-1] + (carry,), grads, k), None
+
+    if inner_steps > 1:
+      steps = jnp.arange(1, inner_steps, dtype=jnp.int32)
+      loop, _ = jax.lax.scan(scan_body, loop, (steps, batches), length=inner_steps - 1)
+    _, mu, _, inner_state, new_carry = loop
+
+    updates, outer_state = outer_updates(anchor, mu, state, extra)
+    new_anchor = optax.apply_updates(anchor, updates)
+    stored_carry = new_carry if threads_carry else state.carry
+    finite = _all_finite(new_anchor) & _all_finite(stored_carry)
+
+    def abandon():
+      return optax.tree.zeros_like(params), state._replace(
+          skipped=state.skipped + 1,
+          carry=carry if threads_carry else state.carry,
+      )
+
+    return jax.lax.cond(
+        finite,
+        lambda: (
+            updates,
+            next_outer_state(state, new_anchor, outer_state, inner_state, stored_carry),
+        ),
+        abandon,
+    )
+
+  def update_fn(
+      updates: optax.Updates,
+      state: EntropySGDState,
+      params: Optional[optax.Params] = None,
+      *,
+      grad_fn: Optional[Callable[..., Any]] = None,
+      batches: Any = None,
+      carry: Any = None,
+      **extra_args: Any,
+  ) -> tuple[optax.Updates, EntropySGDState]:
+    if params is None:
+      raise ValueError(
+          "Entropy-SGD needs params: call update(grads, state, params); in "
+          "step-interleaved mode params is the walker x'."
+      )
+    _check_like_params("grads", updates, params)
+    if (grad_fn is None) != (batches is None):
+      raise ValueError(
+          "fused mode needs both grad_fn and batches (the remaining "
+          f"inner_steps - 1 = {inner_steps - 1} minibatches); got only "
+          f"{'grad_fn' if batches is None else 'batches'}. Pass neither for "
+          "step-interleaved mode."
+      )
+    if carry is not None and grad_fn is None:
+      raise ValueError("carry is threaded through grad_fn: pass grad_fn and batches too.")
+    if grad_fn is None:
+      return interleaved_update(updates, state, params, extra_args)
+    return fused_update(updates, state, params, grad_fn, batches, carry, extra_args)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

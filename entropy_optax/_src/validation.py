@@ -1,0 +1,90 @@
+"""Construction-time checks of hyperparameters.
+
+Only concrete numbers are checked. Traced values (``optax.inject_hyperparams``
+passes hyperparameters as arrays inside ``jit``) and schedules are accepted as
+they are: their values are not known when the transform is built.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def concrete_value(value: Any) -> float | None:
+  """Returns ``value`` as a Python float, or None when it is not concrete."""
+  if callable(value) or isinstance(value, jax.core.Tracer):
+    return None
+  if isinstance(value, numbers.Real):
+    return float(value)
+  array = np.asarray(value)
+  if array.shape != () or not np.issubdtype(array.dtype, np.number):
+    return None
+  return float(array)
+
+
+def _check_real(name: str, value: Any) -> float | None:
+  if isinstance(value, bool):
+    raise TypeError(f"{name} must be a number or a schedule, got the bool {value!r}.")
+  if callable(value) or isinstance(value, jax.core.Tracer):
+    return None
+  if not isinstance(value, numbers.Real):
+    array = np.asarray(value) if isinstance(value, (np.ndarray, jax.Array)) else None
+    if array is None or array.shape != () or not np.issubdtype(array.dtype, np.number):
+      raise TypeError(
+          f"{name} must be a real scalar or an optax schedule, got {value!r} "
+          f"of type {type(value).__name__}."
+      )
+  number = concrete_value(value)
+  if number is not None and np.isnan(number):
+    raise ValueError(f"{name} must not be NaN.")
+  return number
+
+
+def check_non_negative(name: str, value: Any) -> None:
+  number = _check_real(name, value)
+  if number is not None and not number >= 0:
+    raise ValueError(f"{name} must be >= 0, got {number}.")
+
+
+def check_positive(name: str, value: Any) -> None:
+  number = _check_real(name, value)
+  if number is not None and not number > 0:
+    raise ValueError(f"{name} must be > 0, got {number}.")
+
+
+def check_unit_interval(name: str, value: Any) -> None:
+  """Checks 0 <= value < 1 (a decay or momentum coefficient)."""
+  number = _check_real(name, value)
+  if number is not None and not 0 <= number < 1:
+    raise ValueError(f"{name} must lie in [0, 1), got {number}.")
+
+
+def check_inner_steps(inner_steps: Any) -> int:
+  if isinstance(inner_steps, jax.core.Tracer):
+    raise TypeError(
+        "inner_steps must be a static Python int, but it was traced. With "
+        "optax.inject_hyperparams pass static_args=('inner_steps',)."
+    )
+  if isinstance(inner_steps, bool) or not isinstance(inner_steps, numbers.Integral):
+    if isinstance(inner_steps, (np.ndarray, jax.Array)) and np.asarray(
+        inner_steps
+    ).shape == () and np.issubdtype(np.asarray(inner_steps).dtype, np.integer):
+      inner_steps = int(inner_steps)
+    else:
+      raise TypeError(
+          f"inner_steps must be a positive Python int, got {inner_steps!r} "
+          f"of type {type(inner_steps).__name__}."
+      )
+  if inner_steps < 1:
+    raise ValueError(f"inner_steps must be >= 1, got {inner_steps}.")
+  return int(inner_steps)
+
+
+def check_bool(name: str, value: Any) -> bool:
+  if not isinstance(value, (bool, np.bool_)):
+    raise TypeError(f"{name} must be a bool, got {value!r}.")
+  return bool(value)
