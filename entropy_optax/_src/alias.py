@@ -98,7 +98,7 @@ def entropy_sgd(
   validation.check_non_negative("learning_rate", learning_rate)
   validation.check_unit_interval("momentum", momentum)
   nesterov = validation.check_bool("nesterov", nesterov)
-  outer_momentum = None if validation.concrete_value(momentum) == 0.0 else momentum
+  outer_momentum = None if validation.is_static_zero(momentum) else momentum
   return transform.local_entropy(
       optax.sgd(learning_rate, momentum=outer_momentum, nesterov=nesterov),
       inner_steps=inner_steps,

@@ -214,8 +214,8 @@ def local_entropy(
   outer = optax.with_extra_args_support(outer)
   inner = optax.with_extra_args_support(inner or optax.identity())
   # Constant zeros cost nothing at run time: no momentum buffer, no draws.
-  use_momentum = validation.concrete_value(inner_momentum) != 0.0
-  draw_noise = validation.concrete_value(noise) != 0.0
+  use_momentum = not validation.is_static_zero(inner_momentum)
+  draw_noise = not validation.is_static_zero(noise)
 
   def hyperparams(count: jax.Array) -> langevin.LangevinHyperparams:
     return langevin.LangevinHyperparams(

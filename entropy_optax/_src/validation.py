@@ -26,6 +26,16 @@ def concrete_value(value: Any) -> float | None:
   return float(array)
 
 
+def is_static_zero(value: Any) -> bool:
+  """True only for a Python number equal to 0.
+
+  Arrays never count, even concrete ones: ``optax.inject_hyperparams`` passes
+  concrete arrays to ``init`` and traced ones to ``update``, and both calls
+  must build the same state structure.
+  """
+  return isinstance(value, numbers.Real) and not isinstance(value, bool) and value == 0
+
+
 def _check_real(name: str, value: Any) -> float | None:
   if isinstance(value, bool):
     raise TypeError(f"{name} must be a number or a schedule, got the bool {value!r}.")

@@ -1,0 +1,166 @@
+"""Fused and step-interleaved modes compute the same outer steps."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import entropy_optax
+import harness
+import reference
+
+
+def _mlp_problem(n):
+  params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), reference.init_mlp())
+  batches = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), reference.make_batches(n))
+  return params, batches
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(learning_rate=0.5),
+        dict(learning_rate=0.5, momentum=0.9, inner_momentum=0.9, weight_decay=1e-3,
+             gamma=entropy_optax.scoping(0.03, 0.1)),
+        dict(learning_rate=0.5, inner_steps=1),
+    ],
+    ids=["plain", "all_knobs", "L1"],
+)
+def test_fused_equals_interleaved_with_noise_on(kwargs):
+  kwargs = dict(dict(inner_steps=5, noise=1e-2, key=7), **kwargs)
+  inner_steps = kwargs["inner_steps"]
+  params, batches = _mlp_problem(3 * inner_steps)
+  tx = entropy_optax.entropy_sgd(**kwargs)
+  a, state_a = harness.run_interleaved(tx, params, batches)
+  b, state_b = harness.run_fused(tx, params, batches, inner_steps)
+  for leaf_a, leaf_b in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(leaf_a, leaf_b, rtol=2e-5, atol=2e-6)
+  assert int(state_a.count) == int(state_b.count) == 3
+  assert int(state_a.inner_count) == int(state_b.inner_count) == 0
+  # Noise matters here: a different key moves the result well past that tolerance.
+  c, _ = harness.run_fused(
+      entropy_optax.entropy_sgd(**dict(kwargs, key=8)), params, batches, inner_steps
+  )
+  assert not np.allclose(a["w1"], c["w1"], rtol=2e-5, atol=2e-6)
+
+
+def test_interleaved_params_are_the_walker_and_anchor_lives_in_the_state():
+  params, batches = _mlp_problem(3)
+  tx = entropy_optax.entropy_sgd(0.5, inner_steps=3, noise=0.0)
+  walker, state = harness.run_interleaved(tx, params, batches, calls=2)
+  assert int(state.inner_count) == 2
+  assert not np.allclose(walker["w1"], params["w1"])
+  np.testing.assert_array_equal(entropy_optax.anchor_params(state)["w1"], params["w1"])
+
+
+def test_entropy_adam_fused_equals_interleaved():
+  params, batches = _mlp_problem(8)
+  tx = entropy_optax.entropy_adam(1e-2, inner_steps=4, noise=1e-3)
+  a, _ = harness.run_interleaved(tx, params, batches)
+  b, _ = harness.run_fused(tx, params, batches, 4)
+  for leaf_a, leaf_b in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(leaf_a, leaf_b, rtol=2e-5, atol=2e-6)
+
+
+def test_inner_transform_acts_on_every_langevin_gradient_in_fused_mode():
+  """Clipping through ``inner=`` matches a chain in front in interleaved mode."""
+  params, batches = _mlp_problem(8)
+  batches = dict(batches, y=100.0 * batches["y"])  # large gradients to clip
+  common = dict(inner_steps=4, noise=0.0, gamma=0.1)
+  fused_tx = entropy_optax.entropy_sgd(0.5, inner=optax.clip_by_global_norm(0.1), **common)
+  chained_tx = optax.chain(optax.clip_by_global_norm(0.1), entropy_optax.entropy_sgd(0.5, **common))
+  a, _ = harness.run_fused(fused_tx, params, batches, 4)
+  b, _ = harness.run_interleaved(chained_tx, params, batches)
+  unclipped, _ = harness.run_fused(entropy_optax.entropy_sgd(0.5, **common), params, batches, 4)
+  np.testing.assert_allclose(a["w1"], b["w1"], rtol=1e-5, atol=1e-6)
+  assert not np.allclose(a["w1"], unclipped["w1"], rtol=1e-3)
+
+
+class BatchNormDropoutNet(nn.Module):
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x = nn.Dense(16)(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+    x = nn.relu(x)
+    x = nn.Dropout(0.5, deterministic=not train)(x)
+    return nn.Dense(3)(x)
+
+
+def _bn_problem(inner_steps):
+  model = BatchNormDropoutNet()
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(inner_steps, 16, 4)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, 3, size=(inner_steps, 16)))
+  keys = jax.random.split(jax.random.key(1), inner_steps)
+  variables = model.init(jax.random.key(0), x[0], train=False)
+  batches = {"x": x, "y": y, "dropout": jax.random.key_data(keys)}
+
+  def loss(params, batch_stats, batch):
+    logits, mutated = model.apply(
+        {"params": params, "batch_stats": batch_stats}, batch["x"], train=True,
+        rngs={"dropout": jax.random.wrap_key_data(batch["dropout"])},
+        mutable=["batch_stats"],
+    )
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
+    return ce, mutated["batch_stats"]
+
+  def grad_fn(params, batch, batch_stats):
+    """The fused-mode contract with a carry: (walker, batch, carry) -> (grads, carry)."""
+    return jax.grad(loss, has_aux=True)(params, batch_stats, batch)
+
+  return variables["params"], variables["batch_stats"], batches, grad_fn
+
+
+def test_fused_mode_threads_batchnorm_statistics_and_dropout_keys_through_grad_fn():
+  inner_steps = 4
+  params, stats0, batches, grad_fn = _bn_problem(inner_steps)
+  tx = entropy_optax.entropy_sgd(0.5, inner_steps=inner_steps, noise=1e-3, gamma=0.1)
+
+  # Fused: the first gradient outside, the carry (BatchNorm stats) threaded inside.
+  state = tx.init(params)
+  grads, stats = grad_fn(params, harness.take(batches, 0), stats0)
+  rest = jax.tree.map(lambda a: a[1:], batches)
+  updates, state = jax.jit(
+      lambda g, s, p, c: tx.update(g, s, p, grad_fn=grad_fn, batches=rest, carry=c)
+  )(grads, state, params, stats)
+  fused_params = optax.apply_updates(params, updates)
+  fused_stats = entropy_optax.fused_carry(state)
+
+  # Interleaved: the user threads the statistics by hand.
+  p, s, st = params, tx.init(params), stats0
+  for i in range(inner_steps):
+    g, st = grad_fn(p, harness.take(batches, i), st)
+    u, s = tx.update(g, s, p)
+    p = optax.apply_updates(p, u)
+
+  for a, b in zip(jax.tree.leaves(fused_params), jax.tree.leaves(p)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  for a, b, c in zip(jax.tree.leaves(fused_stats), jax.tree.leaves(st), jax.tree.leaves(stats0)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(a, c)
+  assert int(state.count) == 1
+
+
+def test_fused_mode_with_carry_compiles_once_when_the_state_is_seeded():
+  """Seeding the carry slot keeps the state's structure fixed across calls."""
+  inner_steps = 3
+  params, stats0, batches, grad_fn = _bn_problem(inner_steps)
+  tx = entropy_optax.entropy_sgd(0.5, inner_steps=inner_steps)
+  state = tx.init(params)._replace(carry=stats0)
+  traces = []
+
+  @jax.jit
+  def step(params, state):
+    traces.append(1)
+    stats = entropy_optax.fused_carry(state)
+    grads, stats = grad_fn(params, harness.take(batches, 0), stats)
+    rest = jax.tree.map(lambda a: a[1:], batches)
+    updates, state = tx.update(grads, state, params, grad_fn=grad_fn, batches=rest, carry=stats)
+    return optax.apply_updates(params, updates), state
+
+  for _ in range(3):
+    params, state = step(params, state)
+  assert len(traces) == 1
+  assert int(state.count) == 3

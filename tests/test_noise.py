@@ -1,0 +1,77 @@
+"""The Langevin noise: its law, its freshness and its reproducibility."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.stats
+import pytest
+
+import entropy_optax
+
+NOISE, LANGEVIN_LR = 3e-2, 0.2
+STD = NOISE * np.sqrt(2 * LANGEVIN_LR)
+
+
+def _displacements(key, steps=4, shapes=((100_000,), (50, 1000))):
+  """Per-step walker moves with zero gradient and gamma 0: pure noise."""
+  tx = entropy_optax.entropy_sgd(
+      1.0, inner_steps=steps + 1, gamma=0.0, noise=NOISE, langevin_lr=LANGEVIN_LR, key=key
+  )
+  params = {f"leaf{i}": jnp.zeros(s) for i, s in enumerate(shapes)}
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  moves = []
+  for _ in range(steps):
+    updates, state = update(jax.tree.map(jnp.zeros_like, params), state, params)
+    moves.append({k: np.asarray(v) for k, v in updates.items()})
+    params = jax.tree.map(lambda p, u: p + u, params, updates)
+  return moves
+
+
+def test_displacement_per_step_is_gaussian_with_std_noise_sqrt_2_langevin_lr():
+  moves = _displacements(0)
+  draws = np.concatenate([np.ravel(m[k]) for m in moves for k in m]) / STD
+  assert draws.size == 600_000
+  assert abs(draws.mean()) < 5 / np.sqrt(draws.size)
+  assert abs(draws.var() - 1) < 0.01
+  assert abs(scipy.stats.kurtosis(draws, fisher=False) - 3) < 0.05
+  assert scipy.stats.kstest(draws[:200_000], "norm").pvalue > 1e-3
+
+
+def test_noise_is_fresh_every_step_and_independent_across_leaves():
+  moves = _displacements(0)
+  flat = [np.ravel(m["leaf0"])[:50_000] for m in moves] + [np.ravel(moves[0]["leaf1"])]
+  corr = np.corrcoef(np.stack(flat))
+  off_diagonal = corr[~np.eye(len(flat), dtype=bool)]
+  # 50k-sample correlations of independent draws have std 1/sqrt(50k) = 0.0045.
+  assert np.max(np.abs(off_diagonal)) < 0.025
+  # Neighbouring elements within a leaf are uncorrelated too.
+  a = np.ravel(moves[0]["leaf0"])
+  assert abs(np.corrcoef(a[:-1], a[1:])[0, 1]) < 0.025
+
+
+def test_noise_is_reproducible_from_the_key_and_changes_with_it():
+  a, b, c = _displacements(3, steps=2), _displacements(3, steps=2), _displacements(4, steps=2)
+  for k in a[0]:
+    np.testing.assert_array_equal(a[1][k], b[1][k])
+    assert not np.allclose(a[1][k], c[1][k])
+
+
+@pytest.mark.parametrize(
+    "same_key",
+    [jax.random.key(5), jax.random.PRNGKey(5), np.int32(5)],
+    ids=["typed_key", "raw_key", "numpy_int"],
+)
+def test_an_int_seed_a_typed_key_and_raw_key_data_are_the_same_key(same_key):
+  a = _displacements(5, steps=1, shapes=((10,),))
+  b = _displacements(same_key, steps=1, shapes=((10,),))
+  np.testing.assert_array_equal(a[0]["leaf0"], b[0]["leaf0"])
+
+
+def test_zero_noise_draws_nothing_and_is_deterministic():
+  tx = entropy_optax.entropy_sgd(1.0, inner_steps=3, gamma=0.0, noise=0.0)
+  params = jnp.zeros(5)
+  updates, _ = tx.update(jnp.zeros(5), tx.init(params), params)
+  np.testing.assert_array_equal(updates, np.zeros(5))
+  jaxpr = str(jax.make_jaxpr(tx.update)(jnp.zeros(5), tx.init(params), params))
+  assert "threefry" not in jaxpr and "random_bits" not in jaxpr

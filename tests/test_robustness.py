@@ -1,0 +1,160 @@
+"""Bad hyperparameters and inputs fail loudly; non-finite values never reach the anchor."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import entropy_optax
+import harness
+import reference
+
+BAD_HYPERPARAMETERS = [
+    ("inner_steps", 0, ValueError),
+    ("inner_steps", -3, ValueError),
+    ("inner_steps", 2.0, TypeError),
+    ("inner_steps", True, TypeError),
+    ("gamma", -0.1, ValueError),
+    ("gamma", float("nan"), ValueError),
+    ("noise", -1e-4, ValueError),
+    ("weight_decay", -1e-3, ValueError),
+    ("momentum", -0.1, ValueError),
+    ("momentum", 1.0, ValueError),
+    ("inner_momentum", 1.5, ValueError),
+    ("inner_momentum", -0.5, ValueError),
+    ("mu_decay", 1.0, ValueError),
+    ("mu_decay", -0.1, ValueError),
+    ("langevin_lr", 0.0, ValueError),
+    ("langevin_lr", -0.1, ValueError),
+    ("learning_rate", -1.0, ValueError),
+    ("learning_rate", "fast", TypeError),
+    ("gamma", True, TypeError),
+    ("nesterov", "yes", TypeError),
+    ("key", "seed", TypeError),
+    ("key", 1.5, TypeError),
+]
+
+
+@pytest.mark.parametrize("name,value,error", BAD_HYPERPARAMETERS)
+def test_each_bad_hyperparameter_raises_an_error_naming_it(name, value, error):
+  kwargs = {"learning_rate": 0.1, name: value}
+  with pytest.raises(error, match=name if name != "key" else "key"):
+    entropy_optax.entropy_sgd(**kwargs)
+
+
+def test_traced_hyperparameters_and_schedules_are_accepted_unchecked():
+  entropy_optax.entropy_sgd(optax.constant_schedule(-1.0), gamma=lambda t: -t)
+  jax.jit(lambda g: entropy_optax.entropy_sgd(0.1, gamma=g).init(jnp.ones(2)))(-1.0)
+
+
+def test_traced_inner_steps_explains_static_args():
+  with pytest.raises(TypeError, match="static_args"):
+    jax.jit(lambda n: entropy_optax.entropy_sgd(0.1, inner_steps=n))(3)
+
+
+def test_outer_must_be_an_optax_transform():
+  with pytest.raises(TypeError, match="outer"):
+    entropy_optax.local_entropy(lambda g: g)
+
+
+def _setup(inner_steps=3):
+  params = {"w": jnp.ones((2, 3)), "b": jnp.zeros(3)}
+  tx = entropy_optax.entropy_sgd(0.5, inner_steps=inner_steps)
+  grad_fn = lambda p, batch: jax.tree.map(lambda x: x * batch, p)
+  return tx, params, tx.init(params), grad_fn
+
+
+def test_fused_batches_of_the_wrong_length_name_inner_steps_and_batches():
+  tx, params, state, grad_fn = _setup(inner_steps=3)
+  with pytest.raises(ValueError, match=r"batches.*inner_steps - 1 = 2"):
+    tx.update(params, state, params, grad_fn=grad_fn, batches=jnp.ones(3))
+  with pytest.raises(ValueError, match="batches"):
+    tx.update(params, state, params, grad_fn=grad_fn, batches=jnp.float32(1.0))
+
+
+def test_grad_fn_without_batches_and_the_reverse_raise():
+  tx, params, state, grad_fn = _setup()
+  with pytest.raises(ValueError, match="batches"):
+    tx.update(params, state, params, grad_fn=grad_fn)
+  with pytest.raises(ValueError, match="grad_fn"):
+    tx.update(params, state, params, batches=jnp.ones(2))
+
+
+def test_grads_unlike_params_raise_naming_grads():
+  tx, params, state, _ = _setup()
+  with pytest.raises(ValueError, match="grads"):
+    tx.update({"w": jnp.ones((2, 3))}, state, params)
+  with pytest.raises(ValueError, match=r"grads\['b'\].*shape"):
+    tx.update({"w": jnp.ones((2, 3)), "b": jnp.zeros(4)}, state, params)
+  with pytest.raises(ValueError, match="params"):
+    tx.update(params, state)
+
+
+def test_grad_fn_returning_the_wrong_structure_raises():
+  tx, params, state, _ = _setup()
+  with pytest.raises(ValueError, match="grad_fn"):
+    tx.update(params, state, params, grad_fn=lambda p, b: p["w"], batches=jnp.ones(2))
+
+
+def test_fused_mode_refuses_a_state_in_the_middle_of_an_inner_loop():
+  tx, params, state, grad_fn = _setup()
+  _, state = tx.update(params, state, params)
+  with pytest.raises(ValueError, match="2 step-interleaved"):
+    tx.update(params, state, params, grad_fn=grad_fn, batches=jnp.ones(2))
+
+
+def _poisoned_batches(n, bad_index, bad_value):
+  batches = jax.tree.map(jnp.asarray, reference.make_batches(n))
+  x = batches["x"].at[bad_index, 0, 0].set(bad_value)
+  return dict(batches, x=x.astype(jnp.float32), y=batches["y"].astype(jnp.float32))
+
+
+@pytest.mark.parametrize("bad_value", [np.nan, np.inf])
+def test_fused_mode_skips_an_outer_step_with_a_bad_minibatch_inside_the_scan(bad_value):
+  inner_steps = 4
+  params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), reference.init_mlp())
+  batches = _poisoned_batches(2 * inner_steps, bad_index=2, bad_value=bad_value)
+  tx = entropy_optax.entropy_sgd(0.5, inner_steps=inner_steps, key=1)
+  after_bad, state = harness.run_fused(tx, params, batches, inner_steps, outer_steps=1)
+  for a, b in zip(jax.tree.leaves(after_bad), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(a, b)
+  fresh = tx.init(params)
+  assert int(state.skipped) == 1
+  for a, b in zip(jax.tree.leaves(state._replace(skipped=0)), jax.tree.leaves(fresh)):
+    np.testing.assert_array_equal(a, b)
+  # The next call trains normally, like a fresh run on the good minibatches.
+  good = jax.tree.map(lambda a: a[inner_steps:], batches)
+  trained, state2 = harness.run_fused(tx, after_bad, good, inner_steps)
+  assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(trained))
+  assert not np.allclose(trained["w1"], params["w1"])
+  assert int(state2.count) == 1
+
+
+@pytest.mark.parametrize("bad_step", [0, 2, 3])
+def test_interleaved_mode_abandons_the_outer_step_and_returns_to_the_anchor(bad_step):
+  inner_steps = 4
+  params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), reference.init_mlp())
+  batches = _poisoned_batches(inner_steps, bad_index=bad_step, bad_value=np.nan)
+  tx = entropy_optax.entropy_sgd(0.5, inner_steps=inner_steps)
+  walker, state = harness.run_interleaved(tx, params, batches, calls=bad_step + 1)
+  assert int(state.skipped) == 1
+  assert int(state.count) == 0 and int(state.inner_count) == 0
+  for a, b, c in zip(jax.tree.leaves(walker), jax.tree.leaves(params),
+                     jax.tree.leaves(entropy_optax.anchor_params(state))):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    np.testing.assert_array_equal(c, b)
+
+
+def test_interleaved_mode_after_a_skip_takes_the_same_outer_step_as_a_fresh_run():
+  inner_steps = 3
+  params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), reference.init_mlp())
+  good = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), reference.make_batches(inner_steps))
+  bad = _poisoned_batches(1, bad_index=0, bad_value=np.inf)
+  both = jax.tree.map(lambda b, g: jnp.concatenate([b, g]), bad, good)
+  tx = entropy_optax.entropy_sgd(0.5, inner_steps=inner_steps, key=3)
+  after, state = harness.run_interleaved(tx, params, both)
+  fresh, _ = harness.run_interleaved(tx, params, good)
+  for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(fresh)):
+    np.testing.assert_array_equal(a, b)
+  assert int(state.count) == 1 and int(state.skipped) == 1
