@@ -33,8 +33,8 @@ def scoping(gamma0: float, gamma1: float) -> optax.Schedule:
   Examples:
     >>> import entropy_optax
     >>> schedule = entropy_optax.scoping(1e-4, 1e-3)
-    >>> float(schedule(0)), round(float(schedule(1000)), 8)
-    (0.0001, 0.00027169)
+    >>> [round(float(schedule(t)), 8) for t in (0, 1, 1000)]
+    [0.0001, 0.0001001, 0.00027169]
 
   References:
     Chaudhari et al., `Entropy-SGD: Biasing Gradient Descent Into Wide Valleys
