@@ -1,0 +1,169 @@
+"""``make_train_step``: one jitted call per chunk of minibatches, any optax transform."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from entropy_optax._src.state_utils import find_state
+from entropy_optax._src.transform import EntropySGDState
+
+
+def split_first(batches: Any) -> tuple[Any, Any]:
+  """(first minibatch, the rest) of minibatches stacked along a leading axis."""
+  return jax.tree.map(lambda a: a[0], batches), jax.tree.map(lambda a: a[1:], batches)
+
+
+def replace_carry(opt_state: optax.OptState, carry: Any) -> optax.OptState:
+  """``opt_state`` with its Entropy-SGD state's carry slot set to ``carry``."""
+  is_state = lambda node: isinstance(node, EntropySGDState)
+  return jax.tree.map(
+      lambda node: node._replace(carry=carry) if is_state(node) else node,
+      opt_state,
+      is_leaf=is_state,
+  )
+
+
+def holds_entropy_state(opt_state: optax.OptState) -> bool:
+  """True when ``opt_state`` holds an :class:`EntropySGDState`."""
+  is_state = lambda node: isinstance(node, EntropySGDState)
+  return any(is_state(n) for n in jax.tree.leaves(opt_state, is_leaf=is_state))
+
+
+def _mean_over_steps(total: Any, steps: int) -> Any:
+  return jax.tree.map(lambda a: a / steps, total)
+
+
+def make_train_step(
+    loss_fn: Callable[..., Any],
+    tx: optax.GradientTransformation,
+    *,
+    has_aux: bool = False,
+    has_state: bool = False,
+    donate: bool = True,
+) -> Callable[..., tuple[Any, ...]]:
+  """A jitted train step over K minibatches: one outer step of Entropy-SGD.
+
+  The step takes minibatches stacked along a leading axis of length K. With
+  an Entropy-SGD transform (``entropy_sgd``, ``entropy_adam``,
+  ``local_entropy``, alone or wrapped), K is ``inner_steps`` and the call is
+  one fused outer step: the step computes the gradient at the params (the
+  anchor) on the first minibatch and runs the other K - 1 Langevin steps in
+  the transform's ``lax.scan``, so the returned params are the anchor. With
+  any other optax transform it takes K ordinary steps in a ``lax.scan``: the
+  same gradient evaluations per call, which makes comparisons at equal
+  effective epochs one loop.
+
+  ``loss_fn`` is called as ``loss_fn(params, batch)``, or
+  ``loss_fn(params, model_state, batch)`` with ``has_state``, plus the keyword
+  ``key=`` (a fresh PRNG key per minibatch, for dropout) when the step is
+  given a ``key``. It returns the scalar loss, or a tuple: ``(loss, aux)``
+  with ``has_aux``, ``(loss, model_state)`` with ``has_state``,
+  ``(loss, (model_state, aux))`` with both. The model state (BatchNorm
+  statistics, say) is threaded through the K minibatches; with Entropy-SGD it
+  rides the transform's ``carry=`` contract.
+
+  Args:
+    loss_fn: the loss, as above.
+    tx: any optax transform; Entropy-SGD ones run fused.
+    has_aux: ``loss_fn`` also returns aux (numbers; averaged over the K
+      minibatches into ``metrics["aux"]``).
+    has_state: ``loss_fn`` takes and returns mutable model state.
+    donate: donate the params, opt_state and model_state buffers to the
+      step, so that they are updated in place; do not reuse the arrays you
+      pass in.
+
+  Returns:
+    ``step(params, opt_state, batches, model_state=None, key=None)``, jitted,
+    returning ``(params, opt_state, metrics)``, and with ``has_state``
+    ``(params, opt_state, metrics, model_state)``. ``metrics["loss"]`` is the
+    mean loss over the K minibatches (the inner loss: at the walker, for
+    Entropy-SGD). An Entropy-SGD state's carry slot is left as it came in.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax, entropy_optax
+    >>> loss = lambda p, batch: jnp.mean((batch["x"] @ p - batch["y"]) ** 2)
+    >>> tx = entropy_optax.entropy_sgd(1.0, inner_steps=4, noise=0.0)
+    >>> step = entropy_optax.make_train_step(loss, tx)
+    >>> params = jnp.zeros(3)
+    >>> opt_state = tx.init(params)
+    >>> batches = {"x": jnp.ones((4, 8, 3)), "y": jnp.ones((4, 8))}  # K = L = 4
+    >>> params, opt_state, metrics = step(params, opt_state, batches)
+    >>> int(opt_state.count), float(metrics["loss"]) < 1.0
+    (1, True)
+  """
+
+  def evaluate(params, model_state, batch, key):
+    """(loss, model_state, aux) of one minibatch; grads w.r.t. params."""
+    args = (params, model_state, batch) if has_state else (params, batch)
+    kwargs = {} if key is None else {"key": key}
+    out = loss_fn(*args, **kwargs)
+    if not (has_aux or has_state):
+      return out, (None, None)
+    loss, extra = out
+    if has_aux and has_state:
+      return loss, extra
+    return loss, (extra, None) if has_state else (None, extra)
+
+  value_and_grad = jax.value_and_grad(evaluate, has_aux=True)
+
+  def grad_and_carry(params, batch, carry):
+    """The fused carry contract: carry = (model_state, loss sum, aux sum)."""
+    model_state, loss_sum, aux_sum = carry
+    batch, key = batch
+    (loss, (model_state, aux)), grads = value_and_grad(params, model_state, batch, key)
+    aux_sum = jax.tree.map(jnp.add, aux_sum, aux) if has_aux else None
+    return grads, (model_state, loss_sum + loss, aux_sum)
+
+  def first_carry(params, model_state, batch):
+    """The gradient on the first minibatch and the carry after it."""
+    (loss, (model_state, aux)), grads = value_and_grad(params, model_state, *batch)
+    aux_sum = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), aux) if has_aux else None
+    return grads, (model_state, loss.astype(jnp.float32), aux_sum)
+
+  def fused(params, opt_state, batches, model_state):
+    first, rest = split_first(batches)
+    grads, carry = first_carry(params, model_state, first)
+    updates, new_state = tx.update(
+        grads, opt_state, params, grad_fn=grad_and_carry, batches=rest, carry=carry
+    )
+    carry = find_state(new_state).carry
+    return optax.apply_updates(params, updates), replace_carry(
+        new_state, find_state(opt_state).carry
+    ), carry
+
+  def plain(params, opt_state, batches, model_state):
+    def apply(params, opt_state, grads):
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), opt_state
+
+    def scan_body(loop, batch):
+      params, opt_state, carry = loop
+      grads, carry = grad_and_carry(params, batch, carry)
+      return (*apply(params, opt_state, grads), carry), None
+
+    first, rest = split_first(batches)
+    grads, carry = first_carry(params, model_state, first)
+    params, opt_state = apply(params, opt_state, grads)
+    (params, opt_state, carry), _ = jax.lax.scan(scan_body, (params, opt_state, carry), rest)
+    return params, opt_state, carry
+
+  def step(params, opt_state, batches, model_state=None, key=None):
+    steps = jax.tree.leaves(batches)[0].shape[0]
+    keys = None if key is None else jax.random.split(key, steps)
+    run = fused if holds_entropy_state(opt_state) else plain
+    params, opt_state, (model_state, loss_sum, aux_sum) = run(
+        params, opt_state, (batches, keys), model_state
+    )
+    metrics = {"loss": loss_sum / steps}
+    if has_aux:
+      metrics["aux"] = _mean_over_steps(aux_sum, steps)
+    if has_state:
+      return params, opt_state, metrics, model_state
+    return params, opt_state, metrics
+
+  donated = ("params", "opt_state", "model_state") if donate else ()
+  return jax.jit(step, donate_argnames=donated)

@@ -1,0 +1,324 @@
+"""Image-classification data for the examples: IDX files, MNIST-format folders.
+
+Fashion-MNIST and MNIST ship as four IDX files (``train-images-idx3-ubyte``,
+``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
+``t10k-labels-idx1-ubyte``, each optionally gzipped). :func:`load_dataset`
+finds them in this order: the ``data_dir`` you give, the Debian package
+``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``), a download
+into ``data_dir`` when online, and otherwise a locally generated dataset of
+the same shapes, with a note saying so. NumPy only: no JAX, no Flax.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pathlib
+import shutil
+import urllib.error
+import urllib.request
+from typing import NamedTuple, Optional, Union
+
+import numpy as np
+
+PathLike = Union[str, os.PathLike]
+
+# IDX type codes (the third byte of the magic number) and their big-endian dtypes.
+_IDX_DTYPES = {
+    0x08: np.dtype(">u1"),
+    0x09: np.dtype(">i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+_IDX_CODES = {dtype.newbyteorder("="): code for code, dtype in _IDX_DTYPES.items()}
+
+IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+"""The four files of an MNIST-format folder (each may also end in ``.gz``)."""
+
+DOWNLOAD_URLS = {
+    "fashion_mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    "mnist": "https://ossci-datasets.s3.amazonaws.com/mnist/",
+}
+"""Where :func:`download_idx` fetches ``<name>.gz`` for each of ``IDX_FILES``."""
+
+DEBIAN_DIRS = {"fashion_mnist": pathlib.Path("/usr/share/datasets/fashion-mnist")}
+"""Folders that Debian packages install (``apt-get install dataset-fashion-mnist``)."""
+
+DATASETS = ("fashion_mnist", "mnist", "synthetic")
+
+
+class Dataset(NamedTuple):
+  """A train/test split of images in [0, 1] and integer labels."""
+
+  x_train: np.ndarray
+  """float32 images, shape (n_train, height, width, 1)."""
+  y_train: np.ndarray
+  """int32 labels, shape (n_train,)."""
+  x_test: np.ndarray
+  """float32 images, shape (n_test, height, width, 1)."""
+  y_test: np.ndarray
+  """int32 labels, shape (n_test,)."""
+  source: str
+  """Where the data came from, in words, for logs and reports."""
+
+
+def read_idx(path: PathLike) -> np.ndarray:
+  """Reads an IDX file (gzipped when its name ends in ``.gz``).
+
+  Args:
+    path: the file.
+
+  Returns:
+    The array, in native byte order, with the shape the header gives.
+
+  Raises:
+    ValueError: if the header is not IDX or the data is shorter than it says.
+
+  Examples:
+    >>> import os, tempfile, numpy as np
+    >>> from entropy_optax import data
+    >>> path = os.path.join(tempfile.mkdtemp(), "labels-idx1-ubyte.gz")
+    >>> data.write_idx(path, np.array([3, 1, 4], np.uint8))
+    >>> data.read_idx(path)
+    array([3, 1, 4], dtype=uint8)
+  """
+  path = pathlib.Path(path)
+  opener = gzip.open if path.suffix == ".gz" else open
+  with opener(path, "rb") as f:
+    raw = f.read()
+  if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+    raise ValueError(
+        f"{path} is not an IDX file: its magic number {raw[:4].hex()} should be "
+        "00 00 <type code> <rank>. Give an MNIST-format file, gunzipped or "
+        "with a .gz name."
+    )
+  dtype, rank = _IDX_DTYPES[raw[2]], raw[3]
+  header = 4 + 4 * rank
+  shape = tuple(int(d) for d in np.frombuffer(raw[4:header], ">u4"))
+  count = int(np.prod(shape))
+  if len(raw) - header < count * dtype.itemsize:
+    raise ValueError(
+        f"{path} is truncated: its header promises shape {shape} "
+        f"({count * dtype.itemsize} bytes of data), but it holds "
+        f"{len(raw) - header}. Download it again."
+    )
+  array = np.frombuffer(raw, dtype, count=count, offset=header)
+  return array.reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def write_idx(path: PathLike, array: np.ndarray) -> None:
+  """Writes ``array`` as an IDX file (gzipped when the name ends in ``.gz``).
+
+  Args:
+    path: the file to write.
+    array: uint8, int8, int16, int32, float32 or float64, rank 1 to 255.
+
+  Raises:
+    ValueError: for another dtype or a rank-0 array.
+  """
+  array = np.asarray(array)
+  code = _IDX_CODES.get(array.dtype.newbyteorder("="))
+  if code is None or not 0 < array.ndim < 256:
+    raise ValueError(
+        f"IDX holds rank 1-255 arrays of uint8, int8, int16, int32, float32 or "
+        f"float64; got dtype {array.dtype}, rank {array.ndim}. Cast it first."
+    )
+  header = bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
+  payload = header + array.astype(_IDX_DTYPES[code]).tobytes()
+  path = pathlib.Path(path)
+  opener = gzip.open if path.suffix == ".gz" else open
+  with opener(path, "wb") as f:
+    f.write(payload)
+
+
+def _find_idx_file(folder: pathlib.Path, stem: str) -> Optional[pathlib.Path]:
+  for name in (stem, stem + ".gz", stem.replace("-idx", ".idx")):
+    if (folder / name).is_file():
+      return folder / name
+  return None
+
+
+def has_idx_files(folder: Optional[PathLike]) -> bool:
+  """True when ``folder`` holds all four MNIST-format files."""
+  if folder is None or not pathlib.Path(folder).is_dir():
+    return False
+  return all(_find_idx_file(pathlib.Path(folder), stem) for stem in IDX_FILES.values())
+
+
+def load_idx_folder(folder: PathLike) -> Dataset:
+  """Loads an MNIST-format folder (MNIST, Fashion-MNIST, KMNIST, ...).
+
+  Args:
+    folder: holds the four ``IDX_FILES``, gzipped or not.
+
+  Returns:
+    A :class:`Dataset` with images scaled to [0, 1].
+
+  Raises:
+    FileNotFoundError: naming the missing file.
+    ValueError: if the images and labels disagree in number.
+  """
+  folder = pathlib.Path(folder)
+  arrays = {}
+  for key, stem in IDX_FILES.items():
+    found = _find_idx_file(folder, stem)
+    if found is None:
+      raise FileNotFoundError(
+          f"{folder} has no {stem} (nor {stem}.gz): an MNIST-format folder "
+          f"holds {', '.join(IDX_FILES.values())}."
+      )
+    arrays[key] = read_idx(found)
+  for split in ("train", "test"):
+    images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+    if images.ndim != 3 or labels.shape != images.shape[:1]:
+      raise ValueError(
+          f"{folder}: the {split} images have shape {images.shape} and the labels "
+          f"{labels.shape}; expected (n, height, width) and (n,)."
+      )
+  images = lambda a: (a.astype(np.float32) / 255.0)[..., None]
+  return Dataset(
+      x_train=images(arrays["train_images"]),
+      y_train=arrays["train_labels"].astype(np.int32),
+      x_test=images(arrays["test_images"]),
+      y_test=arrays["test_labels"].astype(np.int32),
+      source=str(folder),
+  )
+
+
+def download_idx(folder: PathLike, base_url: str, timeout: float = 10.0) -> None:
+  """Downloads the four gzipped ``IDX_FILES`` from ``base_url`` into ``folder``.
+
+  Files already there are kept. Each file is written under a temporary name
+  and renamed when complete, so an interrupted download leaves no truncated
+  file behind.
+
+  Args:
+    folder: where to write; created when missing.
+    base_url: a URL ending in ``/``, e.g. ``DOWNLOAD_URLS["fashion_mnist"]``.
+    timeout: seconds to wait for the server before giving up.
+
+  Raises:
+    OSError: (``urllib.error.URLError`` included) when offline or refused.
+  """
+  folder = pathlib.Path(folder)
+  folder.mkdir(parents=True, exist_ok=True)
+  for stem in IDX_FILES.values():
+    target = folder / (stem + ".gz")
+    if _find_idx_file(folder, stem):
+      continue
+    partial = target.with_suffix(".gz.part")
+    with urllib.request.urlopen(base_url + target.name, timeout=timeout) as response:
+      with open(partial, "wb") as f:
+        shutil.copyfileobj(response, f)
+    partial.rename(target)
+
+
+def synthetic_dataset(
+    n_train: int = 6000, n_test: int = 1000, seed: int = 0, size: int = 28
+) -> Dataset:
+  """A generated 10-class dataset of MNIST's shapes, for offline runs and tests.
+
+  Each class is a random smooth prototype image; samples are prototypes
+  shifted by up to 2 pixels, scaled in brightness and noised, so that a
+  classifier must generalise rather than memorise, yet a small MLP learns it.
+
+  Args:
+    n_train: training images.
+    n_test: test images.
+    seed: the NumPy seed; the same seed gives the same data.
+    size: image height and width.
+
+  Returns:
+    A :class:`Dataset` whose ``source`` says it is generated.
+
+  Examples:
+    >>> from entropy_optax import data
+    >>> ds = data.synthetic_dataset(n_train=20, n_test=10)
+    >>> ds.x_train.shape, ds.y_test.shape, float(ds.x_train.max()) <= 1.0
+    ((20, 28, 28, 1), (10,), True)
+  """
+  rng = np.random.default_rng(seed)
+  coarse = rng.random((10, size // 4, size // 4))
+  prototypes = np.kron(coarse, np.ones((4, 4)))[:, :size, :size] ** 2
+
+  def sample(n: int) -> tuple[np.ndarray, np.ndarray]:
+    labels = rng.integers(0, 10, n)
+    shifts = rng.integers(-2, 3, (n, 2))
+    images = np.stack([
+        np.roll(prototypes[c], tuple(s), axis=(0, 1)) for c, s in zip(labels, shifts)
+    ])
+    images = images * rng.uniform(0.6, 1.0, (n, 1, 1)) + rng.normal(0, 0.25, images.shape)
+    return np.clip(images, 0, 1).astype(np.float32)[..., None], labels.astype(np.int32)
+
+  x_train, y_train = sample(n_train)
+  x_test, y_test = sample(n_test)
+  return Dataset(
+      x_train, y_train, x_test, y_test,
+      source=f"generated locally (synthetic_dataset, seed {seed})",
+  )
+
+
+def default_data_dir(name: str) -> pathlib.Path:
+  """``$XDG_CACHE_HOME/entropy_optax/<name>`` (``~/.cache/...`` by default)."""
+  cache = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
+  return pathlib.Path(cache) / "entropy_optax" / name
+
+
+def load_dataset(
+    name: str = "fashion_mnist",
+    data_dir: Optional[PathLike] = None,
+    *,
+    download: bool = True,
+    seed: int = 0,
+) -> Dataset:
+  """Loads Fashion-MNIST, MNIST or the generated dataset, offline when it can.
+
+  Looks, in order, in ``data_dir``, in the Debian package's folder
+  (``DEBIAN_DIRS``), downloads into ``data_dir`` (default
+  :func:`default_data_dir`) when ``download`` and online, and otherwise falls
+  back to :func:`synthetic_dataset` with a note in ``Dataset.source``.
+
+  Args:
+    name: one of ``DATASETS``: ``"fashion_mnist"``, ``"mnist"`` or
+      ``"synthetic"``.
+    data_dir: a folder of the four ``IDX_FILES`` (gzipped or not).
+    download: try to download when no local copy is found.
+    seed: the seed of the generated dataset, when it is used.
+
+  Returns:
+    A :class:`Dataset`.
+
+  Raises:
+    ValueError: for an unknown ``name``.
+  """
+  if name not in DATASETS:
+    raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}.")
+  if name == "synthetic":
+    return synthetic_dataset(seed=seed)
+  if has_idx_files(data_dir):
+    return load_idx_folder(data_dir)
+  if has_idx_files(DEBIAN_DIRS.get(name)):
+    return load_idx_folder(DEBIAN_DIRS[name])
+  folder = pathlib.Path(data_dir) if data_dir is not None else default_data_dir(name)
+  if has_idx_files(folder):
+    return load_idx_folder(folder)
+  reason = "downloading is off"
+  if download:
+    try:
+      download_idx(folder, DOWNLOAD_URLS[name])
+      return load_idx_folder(folder)
+    except OSError as error:
+      reason = f"the download failed ({error})"
+  fallback = synthetic_dataset(seed=seed)
+  hint = " or `apt-get install dataset-fashion-mnist`" if name in DEBIAN_DIRS else ""
+  return fallback._replace(
+      source=f"{fallback.source}: no {name} files in {folder} and {reason}; "
+      f"pass --data-dir with the IDX files{hint} to use the real data"
+  )
