@@ -7,6 +7,7 @@ The public API:
 * :func:`scoping`: the scope schedule gamma0 (1 + gamma1)^t.
 * :func:`anchor_params`, :func:`fused_carry`: read the state.
 * :func:`langevin_step`: the pure Langevin step both modes call.
+* :mod:`entropy_optax.diagnostics`: Hessian spectra, local entropy, local energy.
 * :func:`parle`, :func:`replicate`, :func:`reference_params`: Parle, replicated
   Entropy-SGD coupled to a reference (replicas along a leading axis).
 * :func:`make_train_step`: a jitted step over one outer step's minibatches.
@@ -17,6 +18,7 @@ The public API:
   and :mod:`entropy_optax.demo` (``python -m entropy_optax.demo``).
 """
 
+from entropy_optax import diagnostics
 from entropy_optax._src.alias import entropy_adam
 from entropy_optax._src.alias import entropy_sgd
 from entropy_optax._src.flax_integration import linen_at_anchor

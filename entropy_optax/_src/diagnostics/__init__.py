@@ -1,0 +1,1 @@
+"""Flatness diagnostics: Hessian spectra, local entropy and local energy."""
