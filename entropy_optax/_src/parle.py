@@ -1,0 +1,357 @@
+"""Parle: replicas of Entropy-SGD coupled elastically to a reference.
+
+Every replica is the :func:`local_entropy` transform, vmapped over a leading
+replica axis of every leaf; its outer transform is SGD on
+``D_a + rho (x_a - x_ref)``. Only the reference update averages over the
+replica axis, once per outer step.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from entropy_optax._src import schedules
+from entropy_optax._src import transform
+from entropy_optax._src import validation
+
+ScalarOrSchedule = optax.ScalarOrSchedule
+
+# The keyword under which parle hands (rho_t, x_ref) to each replica's outer
+# transform, through local_entropy's extra arguments.
+_COUPLING_ARG = "parle_coupling"
+
+
+class ParleState(NamedTuple):
+  """State of :func:`parle`."""
+
+  count: jax.Array
+  """Outer steps taken, i.e. reference updates (int32); rho is evaluated at it."""
+  inner_count: jax.Array
+  """Step-interleaved calls taken in the current outer step, in
+  [0, inner_steps)."""
+  reference: optax.Params
+  """The reference x_ref: the weights to evaluate, shaped like one replica."""
+  replicas: transform.EntropySGDState
+  """The replicas' Entropy-SGD states, every leaf with a leading replica axis."""
+
+
+def _elastic_coupling() -> optax.GradientTransformationExtraArgs:
+  """Adds rho (x_a - x_ref) to the updates D_a of the anchor x_a."""
+
+  def update_fn(updates, state, params=None, **extra_args):
+    rho, reference = extra_args[_COUPLING_ARG]
+    pull = lambda d, x, r: d + jnp.asarray(rho, d.dtype) * (x - r).astype(d.dtype)
+    return jax.tree.map(pull, updates, params, reference), state
+
+  return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update_fn)
+
+
+def _check_replicated(name: str, tree: Any, n_replicas: int) -> None:
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    shape = np.shape(leaf)
+    if not shape or shape[0] != n_replicas:
+      raise ValueError(
+          f"{name} must hold the n_replicas = {n_replicas} replicas along each "
+          f"leaf's leading axis, but {name}{jax.tree_util.keystr(path)} has shape "
+          f"{shape}; build replicated params with entropy_optax.replicate."
+      )
+
+
+def _replica_keys(key_data: jax.Array, n_replicas: int) -> jax.Array:
+  """Replica 0 keeps the key (so one replica is entropy_sgd); replica a
+  folds a in."""
+  base = jax.random.wrap_key_data(key_data)
+  folded = jax.vmap(lambda a: jax.random.fold_in(base, a))(jnp.arange(n_replicas))
+  return jax.random.key_data(folded).at[0].set(key_data)
+
+
+def _check_n_replicas(n_replicas: Any) -> int:
+  if isinstance(n_replicas, bool) or not isinstance(n_replicas, numbers.Integral) or n_replicas < 1:
+    raise ValueError(f"n_replicas must be a positive Python int, got {n_replicas!r}.")
+  return int(n_replicas)
+
+
+def replicate(params: optax.Params, n_replicas: int) -> optax.Params:
+  """``n_replicas`` copies of params stacked along a new leading axis.
+
+  Args:
+    params: a pytree of arrays, one model's weights.
+    n_replicas: the number of replicas, >= 1.
+
+  Returns:
+    A pytree like params whose every leaf has a leading axis of size
+    ``n_replicas``.
+
+  Examples:
+    >>> import jax.numpy as jnp, entropy_optax
+    >>> entropy_optax.replicate({"w": jnp.zeros(3)}, 2)["w"].shape
+    (2, 3)
+  """
+  n_replicas = _check_n_replicas(n_replicas)
+  return jax.tree.map(lambda p: jnp.stack([jnp.asarray(p)] * n_replicas), params)
+
+
+def parle(
+    learning_rate: ScalarOrSchedule,
+    *,
+    n_replicas: int,
+    rho: ScalarOrSchedule,
+    inner_steps: int = 20,
+    gamma: ScalarOrSchedule = 0.03,
+    langevin_lr: ScalarOrSchedule = 0.1,
+    noise: ScalarOrSchedule = 1e-4,
+    mu_decay: float = 0.75,
+    inner_momentum: float = 0.0,
+    nesterov: bool = True,
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+    scale_by_gamma: bool = False,
+    reference_lr: float = 1.0,
+    key: Any = 0,
+    inner: Optional[optax.GradientTransformation] = None,
+    noise_generator: str = "hash",
+) -> optax.GradientTransformationExtraArgs:
+  r"""Parle (Chaudhari et al., 2017): replicated Entropy-SGD with elastic coupling.
+
+  ``n_replicas`` replicas x_a each run Entropy-SGD on their own minibatches
+  and are pulled towards a reference x_ref by the elastic term
+  :math:`\tfrac{\rho}{2} \|x_a - x_{ref}\|^2` added to each replica's outer
+  objective. Per outer step t:
+
+  .. math::
+
+    D_a &= x_a - \mu_a \ (\text{or } \gamma_t (x_a - \mu_a))
+        \quad \text{(L Langevin steps of replica a, as in entropy\_sgd)}, \\
+    x_a &\leftarrow x_a - \eta \big(D_a + \rho_t (x_a - x_{ref})\big)
+        \quad \text{(with optional Nesterov momentum)}, \\
+    x_{ref} &\leftarrow (1 - \lambda)\, x_{ref}
+        + \lambda \tfrac{1}{n} \textstyle\sum_a x_a
+        \quad (\lambda = \text{reference\_lr}; \text{Parle: } \lambda = 1).
+
+  With ``n_replicas=1`` and ``rho=0`` it is :func:`entropy_sgd` with the same
+  key, number for number; with ``inner_steps=1`` and ``gamma=0`` it is
+  Elastic-SGD. Growing rho (e.g. ``rho=entropy_optax.scoping(rho0, rho1)``)
+  collapses the replicas onto the reference, the weights to evaluate
+  (:func:`entropy_optax.reference_params`).
+
+  The replicas lie along a leading axis of every leaf of the params, grads,
+  batches and carry (:func:`entropy_optax.replicate` builds such params); the
+  replica transform is ``jax.vmap`` of :func:`local_entropy`. On several
+  devices, shard that axis over a mesh axis (``P("replica", ...)``, with the
+  other dimensions sharded as for one model, FSDP say): then the only
+  communication across replicas is one all-reduce (a sum) over the replica
+  mesh axis of the replicas' anchors, per outer step, moving one model's worth
+  of params (per device: its shard of them) to form the mean; in
+  step-interleaved mode it runs inside a ``lax.cond`` taken on every
+  ``inner_steps``-th call only. The Langevin and outer steps are elementwise
+  within a replica, and each replica's gradient communicates only within its
+  own replica's devices.
+
+  Call it like :func:`local_entropy` (step-interleaved, or fused with
+  ``grad_fn`` and ``batches``), with replicated arrays: ``grad_fn(walker,
+  batch)`` sees ONE replica's walker and minibatch (it is vmapped), and the
+  fused ``batches`` leaves have shape ``(n_replicas, inner_steps - 1, ...)``.
+  Noise: replica 0 draws from ``key``, replica a >= 1 from
+  ``fold_in(key, a)``.
+
+  Args:
+    learning_rate: eta, the outer step size of every replica; float or
+      schedule of the outer-step count.
+    n_replicas: n, the number of replicas, a static int >= 1.
+    rho: the elastic coupling rho >= 0; a float or a schedule of the outer
+      step count (Parle scopes it up over training).
+    inner_steps: L, the Langevin steps per outer step, a static int >= 1.
+    gamma: the scope gamma of each replica's local entropy; float or
+      schedule, e.g. :func:`entropy_optax.scoping`.
+    langevin_lr: eta', the Langevin step size.
+    noise: eps, the thermal noise.
+    mu_decay: alpha, the weight of the OLD mean of the walker.
+    inner_momentum: beta, momentum of the Langevin steps.
+    nesterov: Nesterov form of the inner and outer momentum.
+    momentum: outer momentum on each replica's D_a + rho (x_a - x_ref).
+    weight_decay: wd x' added to every Langevin gradient.
+    scale_by_gamma: use gamma (x_a - mu_a) as D_a.
+    reference_lr: lambda in (0, 1], how far x_ref moves to the replicas'
+      mean per outer step; 1 (Parle) sets it to the mean.
+    key: an int seed or a JAX PRNG key for the Langevin noise.
+    inner: an optional transform applied to every Langevin gradient of every
+      replica (see :func:`local_entropy`).
+    noise_generator: the noise generator, see :func:`local_entropy`.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose state is a
+    :class:`ParleState`. Extra keyword arguments of ``update`` other than
+    ``grad_fn``, ``batches`` and ``carry`` reach every replica unbatched.
+
+  Examples:
+    Two replicas, fused: one ``update`` call is one outer step of each.
+
+    >>> import jax, jax.numpy as jnp, optax, entropy_optax
+    >>> loss = lambda p, batch: jnp.mean((batch @ p["w"] - 1.0) ** 2)
+    >>> tx = entropy_optax.parle(1.0, n_replicas=2, rho=0.1, inner_steps=3,
+    ...                          gamma=0.1, noise=1e-3)
+    >>> params = entropy_optax.replicate({"w": jnp.zeros(2)}, 2)
+    >>> state = tx.init(params)
+    >>> data = jnp.ones((2, 3, 8, 2))  # (replica, L, batch, features)
+    >>> grads = jax.vmap(jax.grad(loss))(params, data[:, 0])
+    >>> updates, state = tx.update(grads, state, params,
+    ...                            grad_fn=jax.grad(loss), batches=data[:, 1:])
+    >>> params = optax.apply_updates(params, updates)
+    >>> int(state.count), entropy_optax.reference_params(state)["w"].shape
+    (1, (2,))
+
+  References:
+    Chaudhari, Baldassi, Zecchina, Soatto, Talwalkar, Oberman, `Parle:
+    parallelizing stochastic gradient descent
+    <https://arxiv.org/abs/1707.00424>`_, 2017.
+  """
+  n_replicas = _check_n_replicas(n_replicas)
+  inner_steps = validation.check_inner_steps(inner_steps)
+  validation.check_non_negative("learning_rate", learning_rate)
+  validation.check_non_negative("rho", rho)
+  validation.check_unit_interval("momentum", momentum)
+  nesterov = validation.check_bool("nesterov", nesterov)
+  validation.check_positive("reference_lr", reference_lr)
+  if validation.concrete_value(reference_lr) is not None and reference_lr > 1:
+    raise ValueError(f"reference_lr must lie in (0, 1], got {reference_lr}.")
+
+  outer_momentum = None if validation.is_static_zero(momentum) else momentum
+  replica_tx = transform.local_entropy(
+      optax.chain(
+          _elastic_coupling(),
+          optax.sgd(learning_rate, momentum=outer_momentum, nesterov=nesterov),
+      ),
+      inner_steps=inner_steps,
+      gamma=gamma,
+      langevin_lr=langevin_lr,
+      noise=noise,
+      mu_decay=mu_decay,
+      inner_momentum=inner_momentum,
+      nesterov=nesterov,
+      weight_decay=weight_decay,
+      scale_by_gamma=scale_by_gamma,
+      key=key,
+      inner=inner,
+      noise_generator=noise_generator,
+  )
+
+  def move_reference(reference: optax.Params, anchors: optax.Params) -> optax.Params:
+    def move(r, a):
+      mean = jnp.mean(a, axis=0).astype(r.dtype)
+      lam = jnp.asarray(reference_lr, r.dtype)
+      # (1 - lam) r + lam mean, not r + lam (mean - r): exactly the mean at lam = 1.
+      return (1 - lam) * r + lam * mean
+
+    return jax.tree.map(move, reference, anchors)
+
+  def init_fn(params: optax.Params) -> ParleState:
+    _check_replicated("params", params, n_replicas)
+    replicas = jax.vmap(replica_tx.init)(params)
+    return ParleState(
+        count=jnp.zeros([], jnp.int32),
+        inner_count=jnp.zeros([], jnp.int32),
+        reference=jax.tree.map(lambda p: jnp.mean(p, axis=0).astype(p.dtype), params),
+        replicas=replicas._replace(key=_replica_keys(replicas.key[0], n_replicas)),
+    )
+
+  def update_fn(
+      updates: optax.Updates,
+      state: ParleState,
+      params: Optional[optax.Params] = None,
+      *,
+      grad_fn: Optional[Callable[..., Any]] = None,
+      batches: Any = None,
+      carry: Any = None,
+      **extra_args: Any,
+  ) -> tuple[optax.Updates, ParleState]:
+    if params is None:
+      raise ValueError(
+          "Parle needs params: call update(grads, state, params) with the "
+          "replicated params (the walkers in step-interleaved mode)."
+      )
+    _check_replicated("params", params, n_replicas)
+    _check_replicated("grads", updates, n_replicas)
+    extra_args[_COUPLING_ARG] = (schedules.evaluate(rho, state.count), state.reference)
+
+    if grad_fn is None:
+      if batches is not None or carry is not None:
+        raise ValueError("fused mode needs grad_fn too; pass grad_fn with batches.")
+      replica_update = lambda g, s, p: replica_tx.update(g, s, p, **extra_args)
+      updates, replicas = jax.vmap(replica_update)(updates, state.replicas, params)
+      finishes = state.inner_count == inner_steps - 1
+      # The cond keeps the replica-axis all-reduce out of the other L - 1 calls.
+      reference = jax.lax.cond(
+          finishes,
+          lambda: move_reference(state.reference, replicas.anchor),
+          lambda: state.reference,
+      )
+    else:
+      if batches is None:
+        raise ValueError(
+            "fused mode needs batches: the remaining inner_steps - 1 = "
+            f"{inner_steps - 1} minibatches of every replica, leaves shaped "
+            f"(n_replicas = {n_replicas}, {inner_steps - 1}, ...)."
+        )
+      _check_replicated("batches", batches, n_replicas)
+      if carry is not None:
+        _check_replicated("carry", carry, n_replicas)
+      if not isinstance(state.inner_count, jax.core.Tracer) and int(state.inner_count):
+        raise ValueError(
+            "fused mode starts an outer step, but the state is "
+            f"{int(state.inner_count)} step-interleaved calls into one: take "
+            f"the remaining {inner_steps - int(state.inner_count)} first."
+        )
+
+      def replica_update(g, s, p, b, c):
+        return replica_tx.update(g, s, p, grad_fn=grad_fn, batches=b, carry=c, **extra_args)
+
+      updates, replicas = jax.vmap(replica_update)(
+          updates, state.replicas, params, batches, carry
+      )
+      finishes = jnp.asarray(True)
+      reference = move_reference(state.reference, replicas.anchor)
+
+    return updates, ParleState(
+        count=state.count + finishes.astype(jnp.int32),
+        inner_count=jnp.where(finishes, 0, state.inner_count + 1).astype(jnp.int32),
+        reference=reference,
+        replicas=replicas,
+    )
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def reference_params(opt_state: optax.OptState) -> optax.Params:
+  """The reference x_ref of a :func:`parle` state: the weights to evaluate.
+
+  Args:
+    opt_state: the state of a Parle transform, alone or inside any wrapper
+      (``optax.chain``, ``inject_hyperparams``, ...).
+
+  Returns:
+    The reference, a pytree like ONE replica's params.
+
+  Raises:
+    ValueError: if ``opt_state`` holds no Parle state, or several.
+
+  Examples:
+    >>> import jax.numpy as jnp, entropy_optax
+    >>> tx = entropy_optax.parle(0.1, n_replicas=2, rho=0.5)
+    >>> state = tx.init({"w": jnp.array([[1.0], [3.0]])})
+    >>> entropy_optax.reference_params(state)["w"]
+    Array([2.], dtype=float32)
+  """
+  is_state = lambda node: isinstance(node, ParleState)
+  found = [node for node in jax.tree.leaves(opt_state, is_leaf=is_state) if is_state(node)]
+  if len(found) != 1:
+    raise ValueError(
+        f"opt_state must hold exactly one Parle state, found {len(found)}; pass "
+        "the state of a transform built with entropy_optax.parle."
+    )
+  return found[0].reference
