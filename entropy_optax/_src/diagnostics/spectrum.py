@@ -37,9 +37,9 @@ class SpectralDensity(NamedTuple):
   """Shape (num_points,): the Gaussian-broadened density on ``grid``; it
   integrates to 1 over the real line."""
   nodes: jax.Array
-  """Shape (num_runs, num_steps): Gauss quadrature nodes (Ritz values)."""
+  """Shape (num_runs, m): Gauss quadrature nodes (Ritz values), m = min(num_steps, n)."""
   weights: jax.Array
-  """Shape (num_runs, num_steps): their weights; each run's sum to 1."""
+  """Shape (num_runs, m): their weights; each run's sum to 1."""
   sigma: jax.Array
   """The broadening's standard deviation."""
 
@@ -72,7 +72,8 @@ def hessian_eigenpairs(
       Hessian is that of the mean loss over them.
     key: PRNG key of the random start vector.
     k: how many eigenpairs (static, at most ``num_steps``).
-    num_steps: Lanczos steps (static); more steps, more accurate pairs.
+    num_steps: Lanczos steps (static), at most n (the number of params);
+      more steps, more accurate pairs.
     which: ``"largest"`` (algebraically, most positive first) or
       ``"smallest"`` (most negative first).
 
@@ -92,9 +93,10 @@ def hessian_eigenpairs(
   """
   if which not in ("largest", "smallest"):
     raise ValueError(f'which must be "largest" or "smallest", got {which!r}.')
-  if not 1 <= k <= num_steps:
-    raise ValueError(f"k must be in [1, num_steps = {num_steps}], got {k}.")
   op = hvp.flat_hessian(loss_fn, params, batches)
+  num_steps = min(num_steps, op.flat_params.shape[0])
+  if not 1 <= k <= num_steps:
+    raise ValueError(f"k must be in [1, min(num_steps, n) = {num_steps}], got {k}.")
   start_key, restart_key = jax.random.split(key)
   result = lanczos_lib.lanczos(
       op.matvec, _start_vector(start_key, op.flat_params), num_steps, restart_key
@@ -185,7 +187,8 @@ def hessian_spectral_density(
     batches: a pytree whose leaves share a leading axis of minibatches.
     key: PRNG key of the probes.
     num_runs: independent probes, run one after another (static).
-    num_steps: Lanczos steps per run (static).
+    num_steps: Lanczos steps per run (static), at most n (the number of
+      params); the quadrature is exact for polynomials of degree below 2m.
     num_points: grid size (static).
     sigma: broadening; by default ``relative_sigma`` times the span of the
       nodes.
@@ -205,6 +208,7 @@ def hessian_spectral_density(
     1.25
   """
   op = hvp.flat_hessian(loss_fn, params, batches)
+  num_steps = min(num_steps, op.flat_params.shape[0])
 
   def one_run(run_key):
     start_key, restart_key = jax.random.split(run_key)
