@@ -27,6 +27,7 @@ def entropy_sgd(
     scale_by_gamma: bool = False,
     key: Any = 0,
     inner: Optional[optax.GradientTransformation] = None,
+    noise_generator: str = "hash",
 ) -> optax.GradientTransformationExtraArgs:
   r"""Entropy-SGD (Chaudhari et al., 2017) as an optax transform.
 
@@ -68,6 +69,8 @@ def entropy_sgd(
     key: an int seed or a JAX PRNG key for the Langevin noise.
     inner: optional transform applied to every Langevin gradient (see
       :func:`local_entropy`).
+    noise_generator: ``"hash"`` (default, fast) or ``"threefry"``; see
+      :func:`local_entropy`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -112,6 +115,7 @@ def entropy_sgd(
       scale_by_gamma=scale_by_gamma,
       key=key,
       inner=inner,
+      noise_generator=noise_generator,
   )
 
 
@@ -132,6 +136,7 @@ def entropy_adam(
     scale_by_gamma: bool = False,
     key: Any = 0,
     inner: Optional[optax.GradientTransformation] = None,
+    noise_generator: str = "hash",
 ) -> optax.GradientTransformationExtraArgs:
   r"""Entropy-Adam: Entropy-SGD whose outer step is Adam on D = x - mu.
 
@@ -155,6 +160,7 @@ def entropy_adam(
     scale_by_gamma: use gamma (x - mu) as the outer gradient.
     key: an int seed or a JAX PRNG key.
     inner: optional transform applied to every Langevin gradient.
+    noise_generator: ``"hash"`` (default, fast) or ``"threefry"``.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -189,4 +195,5 @@ def entropy_adam(
       scale_by_gamma=scale_by_gamma,
       key=key,
       inner=inner,
+      noise_generator=noise_generator,
   )

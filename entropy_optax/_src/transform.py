@@ -57,6 +57,12 @@ def _all_finite(tree: Any) -> jax.Array:
   return jnp.all(jnp.stack(flags)) if flags else jnp.asarray(True)
 
 
+def _select(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
+  """Leafwise ``where``: unlike ``lax.cond`` it fuses into the producers and
+  needs no second copy of the state."""
+  return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+
+
 def _check_like_params(name: str, tree: Any, params: Any) -> None:
   """Raises ValueError unless ``tree`` has the structure and shapes of params."""
   if jax.tree.structure(tree) != jax.tree.structure(params):
@@ -102,6 +108,7 @@ def local_entropy(
     scale_by_gamma: bool = False,
     key: Any = 0,
     inner: Optional[optax.GradientTransformation] = None,
+    noise_generator: noise_lib.NoiseGenerator = "hash",
 ) -> optax.GradientTransformationExtraArgs:
   r"""Entropy-SGD around any outer optax transform.
 
@@ -161,6 +168,10 @@ def local_entropy(
       the momentum (clipping, say), in both modes. In fused mode a transform
       chained before this one only sees the first gradient of each outer
       step. Its state is kept across outer steps.
+    noise_generator: ``"hash"`` (default), a counter-based generator fused
+      into the update, or ``"threefry"``, ``jax.random.normal``. Both are
+      exact N(0, 1) draws, reproducible from the key and independent of
+      sharding; they draw different numbers.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``. Extra keyword arguments
@@ -210,6 +221,11 @@ def local_entropy(
   nesterov = validation.check_bool("nesterov", nesterov)
   scale_by_gamma = validation.check_bool("scale_by_gamma", scale_by_gamma)
   key_data = noise_lib.key_data(key)
+  if noise_generator not in noise_lib.NOISE_GENERATORS:
+    raise ValueError(
+        f"noise_generator must be one of {noise_lib.NOISE_GENERATORS}, got "
+        f"{noise_generator!r}."
+    )
 
   outer = optax.with_extra_args_support(outer)
   inner = optax.with_extra_args_support(inner or optax.identity())
@@ -227,6 +243,7 @@ def local_entropy(
         inner_momentum=inner_momentum,
         nesterov=nesterov,
         draw_noise=draw_noise,
+        noise_generator=noise_generator,
     )
 
   def init_fn(params: optax.Params) -> EntropySGDState:
@@ -291,34 +308,34 @@ def local_entropy(
       # Params end exactly on the stored anchor after apply_updates.
       to_anchor = jax.tree.map(lambda t, p: (t - p).astype(p.dtype), target, params)
       anchor = optax.apply_updates(params, to_anchor)
-      return to_anchor, next_outer_state(state, anchor, outer_state, inner_state, state.carry)
+      # The outer transform can overflow on finite D (Adam in float16, say).
+      finite = _all_finite(step.mu) & _all_finite(anchor)
+      return to_anchor, next_outer_state(state, anchor, outer_state, inner_state, state.carry), finite
 
     def continue_inner_loop():
+      # A non-finite walker reaches mu with weight 1 - alpha > 0.
       return step.delta, state._replace(
           inner_count=state.inner_count + 1,
           mu=step.mu,
           momentum=step.momentum,
           inner_state=inner_state,
-      )
+      ), _all_finite(step.mu)
 
     if inner_steps == 1:
-      updates, new_state = finish_outer_step()
+      updates, new_state, finite = finish_outer_step()
     else:
-      updates, new_state = jax.lax.cond(
+      updates, new_state, finite = jax.lax.cond(
           state.inner_count == inner_steps - 1, finish_outer_step, continue_inner_loop
       )
 
-    def abandon():
-      back = jax.tree.map(lambda x, p: (x - p).astype(p.dtype), state.anchor, params)
-      return back, state._replace(
-          inner_count=jnp.zeros_like(state.inner_count),
-          mu=state.anchor,
-          momentum=None if state.momentum is None else optax.tree.zeros_like(params),
-          skipped=state.skipped + 1,
-      )
-
-    finite = _all_finite(optax.apply_updates(params, updates))
-    return jax.lax.cond(finite, lambda: (updates, new_state), abandon)
+    back_to_anchor = jax.tree.map(lambda x, p: (x - p).astype(p.dtype), state.anchor, params)
+    abandoned = state._replace(
+        inner_count=jnp.zeros_like(state.inner_count),
+        mu=state.anchor,
+        momentum=None if state.momentum is None else optax.tree.zeros_like(params),
+        skipped=state.skipped + 1,
+    )
+    return _select(finite, updates, back_to_anchor), _select(finite, new_state, abandoned)
 
   def fused_update(grads, state, params, grad_fn, batches, carry, extra):
     _check_batches(batches, inner_steps)
@@ -357,24 +374,20 @@ def local_entropy(
       loop, _ = jax.lax.scan(scan_body, loop, (steps, batches), length=inner_steps - 1)
     _, mu, _, inner_state, new_carry = loop
 
+    stored_carry = new_carry if threads_carry else state.carry
     updates, outer_state = outer_updates(anchor, mu, state, extra)
     new_anchor = optax.apply_updates(anchor, updates)
-    stored_carry = new_carry if threads_carry else state.carry
-    finite = _all_finite(new_anchor) & _all_finite(stored_carry)
-
-    def abandon():
-      return optax.tree.zeros_like(params), state._replace(
-          skipped=state.skipped + 1,
-          carry=carry if threads_carry else state.carry,
-      )
-
-    return jax.lax.cond(
-        finite,
-        lambda: (
-            updates,
-            next_outer_state(state, new_anchor, outer_state, inner_state, stored_carry),
-        ),
-        abandon,
+    # Every walker feeds mu with weight 1 - alpha > 0, so mu sees any
+    # non-finite walker of the inner loop; the outer transform can still
+    # overflow on a finite D (Adam in float16, say).
+    finite = _all_finite(mu) & _all_finite(new_anchor) & _all_finite(stored_carry)
+    trained = next_outer_state(state, new_anchor, outer_state, inner_state, stored_carry)
+    abandoned = state._replace(
+        skipped=state.skipped + 1, carry=carry if threads_carry else state.carry
+    )
+    return (
+        _select(finite, updates, optax.tree.zeros_like(updates)),
+        _select(finite, trained, abandoned),
     )
 
   def update_fn(

@@ -18,14 +18,14 @@ class LocalEntropyEstimate(NamedTuple):
   """The local Gibbs measure around an anchor x, sampled by Langevin."""
 
   mean_params: Any
-  r"""<x'>, the Gibbs mean (a pytree like params); -grad F = gamma (x - <x'>) / T."""
+  """<x'>, the Gibbs mean (a pytree like params); -grad F = gamma (x - <x'>) / T."""
   mean_loss: jax.Array
   """<f(x')>, the mean minibatch loss under the Gibbs measure."""
   mean_sq_distance: jax.Array
   """<||x' - x||^2> under the Gibbs measure."""
   log_partition: jax.Array
-  r"""F(x; gamma) - (n/2) log(2 pi T / gamma): the local entropy relative to
-  that of a flat loss, by thermodynamic integration; at most 0 - f(x)/T."""
+  """F(x; gamma) - (n/2) log(2 pi T / gamma): the local entropy relative to
+  that of a zero loss, by thermodynamic integration (NaN if num_lambdas is 0)."""
   lambdas: jax.Array
   """The loss scales of the thermodynamic integration, in (0, 1)."""
   lambda_losses: jax.Array
@@ -72,7 +72,9 @@ def local_entropy(
   :math:`\langle f \rangle_\lambda` is the mean minibatch loss along a chain
   of ``num_steps`` steps after ``burn_in`` discarded ones, started at x. A
   last chain at :math:`\lambda = 1` gives <x'>, <f> and <||x' - x||^2>.
-  Step k uses minibatch ``k mod B``. Errors: Monte Carlo (shrinks with
+  Step k uses minibatch ``k mod B``; as in the optimizer, minibatch gradient
+  noise then adds to the thermal noise, so pass B = 1 to sample the Gibbs
+  measure of the full loss. Errors: Monte Carlo (shrinks with
   ``num_steps``), the step's O(langevin_lr) discretisation bias, and the
   quadrature's (small: the integrand is smooth in lambda).
 

@@ -1,0 +1,384 @@
+"""Speed and memory of the fused Entropy-SGD outer step, against optax SGD and PyTorch.
+
+Times one fused outer step (L gradient evaluations, one jitted ``tx.update``)
+against optax SGD-Nesterov taking the same L steps inside one jitted
+``lax.scan``, on the paper's mnistfc MLP (784-1024-1024-10) and LeNet
+(conv20-conv50-fc500), batch 128. Candidates run alternately (A B A B ...);
+each repetition gives a ratio to SGD, and the report gives their median.
+A PyTorch implementation of the authors' optimizer (written from
+ALGORITHM.md; it spends L+1 gradient evaluations per outer step, as their code
+does) runs on the same model when torch is installed (``pip install -e
+'.[bench]'``), and is compared per counted gradient evaluation.
+
+Memory: XLA's memory analysis of the compiled fused step (temporary bytes,
+with params and state donated) and the optimizer state's bytes, as multiples
+of the parameter bytes.
+
+Usage::
+
+  python benchmarks/speed.py                      # full run, writes results/speed.{md,json}
+  python benchmarks/speed.py --models mnistfc --inner-steps 5 --repeats 3 --out /tmp/speed
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import entropy_optax
+
+BATCH = 128
+NOISE = 1e-4
+MOMENTUM = 0.9
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def init_mnistfc(key: jax.Array) -> list[dict[str, jax.Array]]:
+  sizes = (784, 1024, 1024, 10)
+  keys = jax.random.split(key, len(sizes) - 1)
+  return [
+      {"w": jax.random.normal(k, (a, b)) / np.sqrt(a), "b": jnp.zeros(b)}
+      for k, a, b in zip(keys, sizes[:-1], sizes[1:])
+  ]
+
+
+def apply_mnistfc(params, x):
+  x = x.reshape(x.shape[0], -1)
+  for i, layer in enumerate(params):
+    x = x @ layer["w"] + layer["b"]
+    if i < len(params) - 1:
+      x = jax.nn.relu(x)
+  return x
+
+
+def init_lenet(key: jax.Array) -> dict[str, Any]:
+  k = jax.random.split(key, 4)
+  return {
+      "c1": {"w": jax.random.normal(k[0], (5, 5, 1, 20)) / 5.0, "b": jnp.zeros(20)},
+      "c2": {"w": jax.random.normal(k[1], (5, 5, 20, 50)) / np.sqrt(500), "b": jnp.zeros(50)},
+      "f1": {"w": jax.random.normal(k[2], (800, 500)) / np.sqrt(800), "b": jnp.zeros(500)},
+      "f2": {"w": jax.random.normal(k[3], (500, 10)) / np.sqrt(500), "b": jnp.zeros(10)},
+  }
+
+
+def apply_lenet(params, x):
+  x = x.reshape(x.shape[0], 28, 28, 1)
+  for name in ("c1", "c2"):
+    x = jax.lax.conv_general_dilated(
+        x, params[name]["w"], (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    ) + params[name]["b"]
+    x = jax.nn.relu(x)
+    x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+  x = x.reshape(x.shape[0], -1)
+  x = jax.nn.relu(x @ params["f1"]["w"] + params["f1"]["b"])
+  return x @ params["f2"]["w"] + params["f2"]["b"]
+
+
+MODELS = {"mnistfc": (init_mnistfc, apply_mnistfc), "lenet": (init_lenet, apply_lenet)}
+
+
+def make_loss(apply: Callable) -> Callable:
+  def loss(params, batch):
+    logits = apply(params, batch["x"])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
+
+  return loss
+
+
+def tree_bytes(tree: Any) -> int:
+  return sum(int(np.prod(np.shape(x))) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+
+# ----------------------------------------------------------------------------- JAX candidates
+
+
+def sgd_candidate(loss, inner_steps):
+  tx = optax.sgd(0.1, momentum=MOMENTUM, nesterov=True)
+  grad_fn = jax.grad(loss)
+
+  def run(params, state, batches):
+    def body(carry, batch):
+      p, s = carry
+      updates, s = tx.update(grad_fn(p, batch), s, p)
+      return (optax.apply_updates(p, updates), s), None
+
+    return jax.lax.scan(body, (params, state), batches)[0]
+
+  return tx, run
+
+
+def entropy_candidate(loss, inner_steps, **kwargs):
+  tx = entropy_optax.entropy_sgd(
+      1.0, inner_steps=inner_steps, gamma=0.03, langevin_lr=0.1, mu_decay=0.75,
+      inner_momentum=MOMENTUM, momentum=MOMENTUM, nesterov=True, **kwargs,
+  )
+  grad_fn = jax.grad(loss)
+
+  def run(params, state, batches):
+    first = jax.tree.map(lambda a: a[0], batches)
+    rest = jax.tree.map(lambda a: a[1:], batches)
+    updates, state = tx.update(grad_fn(params, first), state, params, grad_fn=grad_fn, batches=rest)
+    return optax.apply_updates(params, updates), state
+
+  return tx, run
+
+
+# ----------------------------------------------------------------------------- PyTorch reference
+
+
+def torch_candidate(model_name: str, inner_steps: int, batches_np: dict[str, np.ndarray]):
+  """The authors' optimizer in PyTorch, per ALGORITHM.md (L+1 evaluations per step)."""
+  import torch
+  from torch import nn
+
+  torch.set_num_threads(max(1, os.cpu_count() or 1))
+  if model_name == "mnistfc":
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024),
+                          nn.ReLU(), nn.Linear(1024, 10))
+  else:
+    model = nn.Sequential(nn.Unflatten(1, (1, 28, 28)), nn.Conv2d(1, 20, 5), nn.ReLU(),
+                          nn.MaxPool2d(2), nn.Conv2d(20, 50, 5), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Flatten(), nn.Linear(800, 500), nn.ReLU(), nn.Linear(500, 10))
+  params = list(model.parameters())
+  xs = torch.from_numpy(batches_np["x"])
+  ys = torch.from_numpy(batches_np["y"]).long()
+  loss_fn = nn.CrossEntropyLoss()
+  gamma, lr_inner, alpha, eta = 0.03, 0.1, 0.75, 1.0
+  outer_buf = [torch.zeros_like(p) for p in params]
+
+  def grads_at(i):
+    for p in params:
+      p.grad = None
+    loss_fn(model(xs[i % len(xs)]), ys[i % len(ys)]).backward()
+    return [p.grad for p in params]
+
+  @torch.no_grad()
+  def no_grad_update(fn):
+    fn()
+
+  def outer_step():
+    with torch.enable_grad():
+      grads_at(0)  # the authors' code evaluates (and discards) a gradient at x first
+    with torch.no_grad():
+      x = [p.detach().clone() for p in params]
+      mu = [p.detach().clone() for p in params]
+      m = [torch.zeros_like(p) for p in params]
+    for k in range(inner_steps):
+      with torch.enable_grad():
+        g_list = grads_at(k)
+      with torch.no_grad():
+        for p, g, xk, muk, mk in zip(params, g_list, x, mu, m):
+          mk.mul_(MOMENTUM).add_(g)
+          d = g.add(mk, alpha=MOMENTUM)
+          d.add_(xk - p, alpha=-gamma)
+          d.add_(torch.randn_like(p), alpha=NOISE / np.sqrt(0.5 * lr_inner))
+          p.add_(d, alpha=-lr_inner)
+          muk.mul_(alpha).add_(p, alpha=1 - alpha)
+    with torch.no_grad():
+      for p, xk, muk, buf in zip(params, x, mu, outer_buf):
+        dx = xk - muk
+        buf.mul_(MOMENTUM).add_(dx)
+        dx = dx.add(buf, alpha=MOMENTUM)
+        p.copy_(xk - eta * dx)
+
+  return outer_step, torch.__version__
+
+
+# ----------------------------------------------------------------------------- measurement
+
+
+def time_call(fn: Callable[[], Any]) -> float:
+  start = time.perf_counter()
+  jax.block_until_ready(fn())
+  return time.perf_counter() - start
+
+
+def measure(model_name: str, inner_steps: int, repeats: int, with_torch: bool) -> dict[str, Any]:
+  init, apply = MODELS[model_name]
+  loss = make_loss(apply)
+  params = init(jax.random.key(0))
+  rng = np.random.default_rng(0)
+  batches_np = {
+      "x": rng.normal(size=(inner_steps, BATCH, 784)).astype(np.float32),
+      "y": rng.integers(0, 10, size=(inner_steps, BATCH)).astype(np.int32),
+  }
+  batches = jax.tree.map(jnp.asarray, batches_np)
+
+  candidates = {
+      "optax_sgd": sgd_candidate(loss, inner_steps),
+      "entropy_sgd": entropy_candidate(loss, inner_steps, noise=NOISE),
+      "entropy_sgd_threefry": entropy_candidate(loss, inner_steps, noise=NOISE, noise_generator="threefry"),
+      "entropy_sgd_noise0": entropy_candidate(loss, inner_steps, noise=0.0),
+  }
+  traces = {name: 0 for name in candidates}
+  calls, memory = {}, {}
+  for name, (tx, run) in candidates.items():
+    def counted(p, s, b, _run=run, _name=name):
+      traces[_name] += 1
+      return _run(p, s, b)
+
+    jitted = jax.jit(counted)
+    state = tx.init(params)
+    calls[name] = (jitted, state)
+    donated = jax.jit(run, donate_argnums=(0, 1)).lower(params, state, batches).compile()
+    analysis = donated.memory_analysis()
+    memory[name] = {
+        "temp_bytes": int(analysis.temp_size_in_bytes),
+        "state_bytes": tree_bytes(state),
+    }
+    jax.block_until_ready(jitted(params, state, batches))  # compile and warm up
+
+  timings: dict[str, list[float]] = {name: [] for name in candidates}
+  torch_step = None
+  if with_torch:
+    torch_step, torch_version = torch_candidate(model_name, inner_steps, batches_np)
+    torch_step()
+    timings["torch_authors"] = []
+  for _ in range(repeats):
+    for name, (jitted, state) in calls.items():
+      timings[name].append(time_call(lambda: jitted(params, state, batches)))
+    if torch_step is not None:
+      timings["torch_authors"].append(time_call(torch_step))
+
+  param_bytes = tree_bytes(params)
+  result: dict[str, Any] = {
+      "model": model_name,
+      "inner_steps": inner_steps,
+      "param_count": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params)),
+      "ms_per_grad": {},
+      "ratio_to_optax_sgd": {},
+      "compilations": {name: traces[name] for name in candidates},
+      "memory_x_params": {
+          name: {
+              "fused_step_temp": round(m["temp_bytes"] / param_bytes, 2),
+              "optimizer_state": round(m["state_bytes"] / param_bytes, 2),
+          }
+          for name, m in memory.items()
+      },
+  }
+  sgd = timings["optax_sgd"]
+  for name, ts in timings.items():
+    evaluations = inner_steps + 1 if name == "torch_authors" else inner_steps
+    result["ms_per_grad"][name] = round(1e3 * statistics.median(ts) / evaluations, 3)
+    ratios = [t / evaluations / (s / inner_steps) for t, s in zip(ts, sgd)]
+    result["ratio_to_optax_sgd"][name] = round(statistics.median(ratios), 3)
+  if torch_step is not None:
+    speedups = [
+        (tt / (inner_steps + 1)) / (te / inner_steps)
+        for tt, te in zip(timings["torch_authors"], timings["entropy_sgd"])
+    ]
+    result["speedup_vs_torch_per_counted_grad"] = round(statistics.median(speedups), 3)
+    result["torch_version"] = torch_version
+  return result
+
+
+def machine() -> dict[str, Any]:
+  cpu = platform.processor()
+  try:
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("model name"):
+        cpu = line.split(":", 1)[1].strip()
+        break
+  except OSError:
+    pass
+  return {
+      "cpu": cpu,
+      "cores": os.cpu_count(),
+      "jax": jax.__version__,
+      "jax_backend": jax.default_backend(),
+      "devices": [str(d) for d in jax.devices()],
+      "python": platform.python_version(),
+  }
+
+
+def write_markdown(path: pathlib.Path, command: str, info: dict, results: list[dict]) -> None:
+  lines = [
+      "# Speed and memory of the fused Entropy-SGD step",
+      "",
+      f"Command: `{command}`",
+      "",
+      f"Machine: {info['cpu']}, {info['cores']} cores, JAX {info['jax']} on {info['jax_backend']}.",
+      "Batch 128, paper's noise 1e-4, inner and outer Nesterov momentum 0.9. Ratios are medians",
+      "over repetitions of (time per gradient evaluation) / (optax SGD-Nesterov's, same repetition).",
+      "PyTorch's time per gradient counts its L+1 evaluations per outer step.",
+      "",
+      "| model | L | entropy_sgd / sgd | threefry noise / sgd | noise 0 / sgd | PyTorch authors' / sgd | speedup vs PyTorch | ms per grad (sgd, entropy) | compilations |",
+      "|---|---|---|---|---|---|---|---|---|",
+  ]
+  for r in results:
+    ratio = r["ratio_to_optax_sgd"]
+    ms = r["ms_per_grad"]
+    lines.append(
+        f"| {r['model']} | {r['inner_steps']} | {ratio['entropy_sgd']:.3f} | "
+        f"{ratio['entropy_sgd_threefry']:.3f} | {ratio['entropy_sgd_noise0']:.3f} | "
+        f"{ratio.get('torch_authors', float('nan')):.3f} | "
+        f"{r.get('speedup_vs_torch_per_counted_grad', float('nan')):.2f}x | "
+        f"{ms['optax_sgd']:.2f}, {ms['entropy_sgd']:.2f} | "
+        f"{max(r['compilations'].values())} |"
+    )
+  lines += [
+      "",
+      "Memory, as multiples of the parameter bytes (fused step compiled with params and state donated):",
+      "",
+      "| model | L | optimizer state: entropy_sgd | optax sgd | fused step temporaries: entropy_sgd | optax sgd scan |",
+      "|---|---|---|---|---|---|",
+  ]
+  for r in results:
+    mem = r["memory_x_params"]
+    lines.append(
+        f"| {r['model']} | {r['inner_steps']} | {mem['entropy_sgd']['optimizer_state']} | "
+        f"{mem['optax_sgd']['optimizer_state']} | {mem['entropy_sgd']['fused_step_temp']} | "
+        f"{mem['optax_sgd']['fused_step_temp']} |"
+    )
+  path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--models", nargs="+", default=["mnistfc", "lenet"], choices=sorted(MODELS))
+  parser.add_argument("--inner-steps", nargs="+", type=int, default=[5, 20])
+  parser.add_argument("--repeats", type=int, default=7, help="A B A B repetitions (>= 5 for the report)")
+  parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
+  parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results" / "speed"),
+                      help="output path without extension (.md and .json are written)")
+  args = parser.parse_args(argv)
+  with_torch = not args.no_torch
+  if with_torch:
+    try:
+      import torch  # noqa: F401
+    except ImportError:
+      print("torch not installed (pip install -e '.[bench]'): skipping the PyTorch reference")
+      with_torch = False
+  command = "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
+  info = machine()
+  out = pathlib.Path(args.out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  results = []
+  for model_name in args.models:
+    for inner_steps in args.inner_steps:
+      result = measure(model_name, inner_steps, args.repeats, with_torch)
+      results.append(result)
+      print(json.dumps(result), flush=True)
+      out.with_suffix(".json").write_text(
+          json.dumps({"command": command, "machine": info, "results": results}, indent=2)
+      )
+      write_markdown(out.with_suffix(".md"), command, info, results)
+
+
+if __name__ == "__main__":
+  main()
