@@ -1,0 +1,54 @@
+"""The demo runs end to end on a tiny MNIST-format folder with a one-epoch budget."""
+
+import json
+import pathlib
+
+import numpy as np
+
+from entropy_optax import data
+from entropy_optax import demo
+
+
+def _tiny_folder(folder):
+  ds = data.synthetic_dataset(n_train=256, n_test=128, seed=1)
+  folder.mkdir()
+  to_bytes = lambda x: np.round(x[..., 0] * 255).astype(np.uint8)
+  arrays = {
+      "train_images": to_bytes(ds.x_train), "train_labels": ds.y_train.astype(np.uint8),
+      "test_images": to_bytes(ds.x_test), "test_labels": ds.y_test.astype(np.uint8),
+  }
+  for key, stem in data.IDX_FILES.items():
+    data.write_idx(folder / (stem + ".gz"), arrays[key])
+
+
+def test_demo_trains_both_optimizers_at_equal_effective_epochs_and_writes_its_report(
+    tmp_path, capsys
+):
+  _tiny_folder(tmp_path / "idx")
+  out = tmp_path / "out"
+  histories = demo.main([
+      "--data-dir", str(tmp_path / "idx"), "--no-download", "--epochs", "1", "--L", "2",
+      "--batch-size", "32", "--bn-samples", "128", "--train-size", "0",
+      "--out", str(out), "--no-progress",
+  ])
+  printed = capsys.readouterr().out
+  assert [h.name for h in histories] == ["sgd", "entropy_sgd"]
+  for h in histories:
+    assert h.effective_epochs == [1.0]
+    assert 0.0 <= h.test_error[0] <= 100.0 and np.isfinite(h.train_loss[0])
+  assert str(tmp_path / "idx") in printed
+  assert "| SGD-Nesterov |" in printed and "| Entropy-SGD | 2 | 0.5 | 1 |" in printed
+  assert (out / "test_error.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  report = json.loads((out / "results.json").read_text())
+  assert report["args"]["L"] == 2 and len(report["runs"]) == 2
+  assert len((out / "results.md").read_text().splitlines()) == 4  # header, rule, 2 runs
+
+
+def test_demo_parses_model_optimizers_and_rejects_unknown_ones(capsys):
+  args = demo.parse_args(["--model", "lenet", "--optimizers", "adam, entropy_sgd"])
+  assert args.model == "lenet" and args.optimizers == ["adam", "entropy_sgd"]
+  try:
+    demo.parse_args(["--optimizers", "sgd,rmsprop"])
+  except SystemExit as exit_:
+    assert exit_.code == 2
+  assert "rmsprop" in capsys.readouterr().err
