@@ -85,7 +85,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   return args
 
 
-def make_optimizer(name: str, args: argparse.Namespace, steps_per_epoch: int):
+def make_optimizer(
+    name: str, args: argparse.Namespace, steps_per_epoch: int
+) -> optax.GradientTransformation:
   """The paper's MNIST settings; ``steps_per_epoch`` minibatches per data pass."""
   if name == "sgd":
     lr = optax.piecewise_constant_schedule(
@@ -117,7 +119,9 @@ def make_loss(model: Any) -> Callable[..., Any]:
   return loss_fn
 
 
-def make_evaluate(model: Any, dataset: data_lib.Dataset, bn_samples: int, chunk: int = 1000):
+def make_evaluate(
+    model: Any, dataset: data_lib.Dataset, bn_samples: int, chunk: int = 1000
+) -> Callable[[Any], float]:
   """Test error (%) of params, BatchNorm statistics recomputed first."""
   size = max(1, min(bn_samples, len(dataset.y_train)))
   bn_chunk = min(chunk, size)
