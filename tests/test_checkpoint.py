@@ -129,12 +129,6 @@ def test_state_restores_bit_exactly_into_tx_init_as_the_target(name, fmt, tmp_pa
   _assert_trees_identical(update(grads, restored, params), update(grads, state, params))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core: an eager update of a state restored by flax.serialization (NumPy "
-    "leaves) promotes bfloat16 outer momentum to float32 (NumPy's promotion, not "
-    "JAX's) and the outer-step lax.cond rejects the dtype mismatch",
-)
 def test_eager_update_accepts_a_flax_restored_bfloat16_state_with_outer_momentum():
   from flax import serialization
 
