@@ -12,10 +12,14 @@ NOISE, LANGEVIN_LR = 3e-2, 0.2
 STD = NOISE * np.sqrt(2 * LANGEVIN_LR)
 
 
-def _displacements(key, steps=4, shapes=((100_000,), (50, 1000))):
+GENERATORS = ["hash", "threefry"]
+
+
+def _displacements(key, steps=4, shapes=((100_000,), (50, 1000)), generator="hash"):
   """Per-step walker moves with zero gradient and gamma 0: pure noise."""
   tx = entropy_optax.entropy_sgd(
-      1.0, inner_steps=steps + 1, gamma=0.0, noise=NOISE, langevin_lr=LANGEVIN_LR, key=key
+      1.0, inner_steps=steps + 1, gamma=0.0, noise=NOISE, langevin_lr=LANGEVIN_LR, key=key,
+      noise_generator=generator,
   )
   params = {f"leaf{i}": jnp.zeros(s) for i, s in enumerate(shapes)}
   state = tx.init(params)
@@ -28,8 +32,9 @@ def _displacements(key, steps=4, shapes=((100_000,), (50, 1000))):
   return moves
 
 
-def test_displacement_per_step_is_gaussian_with_std_noise_sqrt_2_langevin_lr():
-  moves = _displacements(0)
+@pytest.mark.parametrize("generator", GENERATORS)
+def test_displacement_per_step_is_gaussian_with_std_noise_sqrt_2_langevin_lr(generator):
+  moves = _displacements(0, generator=generator)
   draws = np.concatenate([np.ravel(m[k]) for m in moves for k in m]) / STD
   assert draws.size == 600_000
   assert abs(draws.mean()) < 5 / np.sqrt(draws.size)
@@ -38,8 +43,9 @@ def test_displacement_per_step_is_gaussian_with_std_noise_sqrt_2_langevin_lr():
   assert scipy.stats.kstest(draws[:200_000], "norm").pvalue > 1e-3
 
 
-def test_noise_is_fresh_every_step_and_independent_across_leaves():
-  moves = _displacements(0)
+@pytest.mark.parametrize("generator", GENERATORS)
+def test_noise_is_fresh_every_step_and_independent_across_leaves(generator):
+  moves = _displacements(0, generator=generator)
   flat = [np.ravel(m["leaf0"])[:50_000] for m in moves] + [np.ravel(moves[0]["leaf1"])]
   corr = np.corrcoef(np.stack(flat))
   off_diagonal = corr[~np.eye(len(flat), dtype=bool)]
@@ -50,8 +56,9 @@ def test_noise_is_fresh_every_step_and_independent_across_leaves():
   assert abs(np.corrcoef(a[:-1], a[1:])[0, 1]) < 0.025
 
 
-def test_noise_is_reproducible_from_the_key_and_changes_with_it():
-  a, b, c = _displacements(3, steps=2), _displacements(3, steps=2), _displacements(4, steps=2)
+@pytest.mark.parametrize("generator", GENERATORS)
+def test_noise_is_reproducible_from_the_key_and_changes_with_it(generator):
+  a, b, c = (_displacements(key, steps=2, generator=generator) for key in (3, 3, 4))
   for k in a[0]:
     np.testing.assert_array_equal(a[1][k], b[1][k])
     assert not np.allclose(a[1][k], c[1][k])
@@ -75,3 +82,39 @@ def test_zero_noise_draws_nothing_and_is_deterministic():
   np.testing.assert_array_equal(updates, np.zeros(5))
   jaxpr = str(jax.make_jaxpr(tx.update)(jnp.zeros(5), tx.init(params), params))
   assert "threefry" not in jaxpr and "random_bits" not in jaxpr
+
+
+def test_the_generators_draw_different_numbers_from_the_same_key():
+  a = _displacements(0, steps=1, shapes=((1000,),), generator="hash")
+  b = _displacements(0, steps=1, shapes=((1000,),), generator="threefry")
+  assert abs(np.corrcoef(a[0]["leaf0"], b[0]["leaf0"])[0, 1]) < 0.15
+
+
+def test_hash_noise_is_the_same_in_float32_under_x64_and_finite_in_float64():
+  from entropy_optax._src import noise
+
+  words = jnp.array([12345, 678], jnp.uint32)
+  plain = noise.hash_normal(words, (64, 3), jnp.float32)
+  with jax.enable_x64(True):
+    x64 = noise.hash_normal(words, (64, 3), jnp.float32)
+    double = noise.hash_normal(words, (64, 3), jnp.float64)
+    assert double.dtype == jnp.float64
+  np.testing.assert_array_equal(plain, x64)
+  np.testing.assert_allclose(double, plain, rtol=1e-6)
+
+
+def test_hash_noise_of_a_leaf_does_not_depend_on_the_leaf_being_split():
+  """Element i of a leaf gets the same draw whether the leaf is drawn whole or
+  as the rows of its reshape: the draw is a function of the row-major index."""
+  from entropy_optax._src import noise
+
+  words = jnp.array([1, 2], jnp.uint32)
+  np.testing.assert_array_equal(
+      noise.hash_normal(words, (6, 4), jnp.float32).ravel(),
+      noise.hash_normal(words, (24,), jnp.float32),
+  )
+
+
+def test_an_unknown_noise_generator_is_rejected_by_name():
+  with pytest.raises(ValueError, match="noise_generator"):
+    entropy_optax.entropy_sgd(0.1, noise_generator="philox")

@@ -8,9 +8,12 @@ from typing import NamedTuple, Union
 import jax
 import numpy as np
 
-KINDS = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all")
-# "%name = <shape or (tuple of shapes)> <kind>(" or its async "<kind>-start(".
-_OP = re.compile(r"= (\([^=]*?\)|\S+) (%s)(?:-start)?\(" % "|".join(KINDS))
+_KINDS = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all")
+# "%name = <shape, or (tuple of shapes) with /*index=5*/ comments> <kind>(",
+# or the async "<kind>-start(" (whose "-done" is not counted again).
+_OP = re.compile(r"= ([^\n]*?) (%s)(?:-start)?\(" % "|".join(_KINDS))
+# A computation starts unindented: "%name (params) -> result {", maybe after ENTRY.
+_COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) .*\{\s*$")
 _ARRAY = re.compile(r"\b(pred|[a-z]+\d+)\[([\d,]*)\]")
 
 
@@ -27,13 +30,17 @@ class Collective(NamedTuple):
   """Elements in its result, summed over ``shapes``."""
   bytes: int
   """Bytes of its result (a pred counts one byte)."""
+  computation: str
+  """The HLO computation holding it: the entry, a loop body, a branch."""
 
 
 def hlo_collectives(compiled: Union[jax.stages.Compiled, str]) -> list[Collective]:
   """Lists the collectives of a compiled program, in program order.
 
   A collective inside a loop body (the fused inner ``lax.scan``) or a
-  conditional branch is listed once, however often it runs.
+  conditional branch is listed once, however often it runs. An asynchronous
+  collective (GPU, TPU) is listed at its ``-start`` op, whose printed result
+  may also hold its operand buffers.
 
   Args:
     compiled: ``jax.jit(f).lower(*args).compile()``, or its ``as_text()``.
@@ -49,7 +56,16 @@ def hlo_collectives(compiled: Union[jax.stages.Compiled, str]) -> list[Collectiv
   """
   text = compiled if isinstance(compiled, str) else compiled.as_text()
   found = []
-  for result, kind in _OP.findall(text):
+  computation = ""
+  for line in text.splitlines():
+    header = _COMPUTATION.match(line)
+    if header:
+      computation = header.group(1)
+      continue
+    op = _OP.search(line)
+    if op is None:
+      continue
+    result, kind = op.groups()
     arrays = _ARRAY.findall(result)
     sizes = [int(np.prod([int(d) for d in dims.split(",") if d])) for _, dims in arrays]
     widths = [1 if dtype == "pred" else max(int(re.sub(r"\D", "", dtype)) // 8, 1)
@@ -59,5 +75,6 @@ def hlo_collectives(compiled: Union[jax.stages.Compiled, str]) -> list[Collectiv
         shapes=tuple(f"{dtype}[{dims}]" for dtype, dims in arrays),
         elements=int(sum(sizes)),
         bytes=int(sum(n * w for n, w in zip(sizes, widths))),
+        computation=computation,
     ))
   return found

@@ -106,6 +106,7 @@ def hash_normal(words: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.Arr
   z = sqrt(2) erfinv(2u - 1). The draws are exact Gaussians up to that 24-bit
   resolution (|z| <= 5.4).
   """
+  words = jnp.asarray(words).astype(jnp.uint32)
   bits = _mix32(_mix32(_keyed_index(words[0], shape)) ^ words[1])
   u = ((bits >> 8).astype(jnp.float32) + 0.5) * np.float32(2.0**-24)
   z = np.float32(np.sqrt(2.0)) * jax.lax.erf_inv(2.0 * u - 1.0)
@@ -119,7 +120,9 @@ def standard_normal_like(
   leaves, treedef = jax.tree.flatten(tree)
   keys = jax.random.split(key, max(len(leaves), 1))
   if generator == "hash":
-    draw = lambda k, shape, dtype: hash_normal(jax.random.bits(k, (2,)), shape, dtype)
+    draw = lambda k, shape, dtype: hash_normal(
+        jax.random.bits(k, (2,), jnp.uint32), shape, dtype
+    )
   elif generator == "threefry":
     draw = jax.random.normal
   else:

@@ -44,7 +44,12 @@ class ParleState(NamedTuple):
 def _elastic_coupling() -> optax.GradientTransformationExtraArgs:
   """Adds rho (x_a - x_ref) to the updates D_a of the anchor x_a."""
 
-  def update_fn(updates, state, params=None, **extra_args):
+  def update_fn(
+      updates: optax.Updates,
+      state: optax.EmptyState,
+      params: Optional[optax.Params] = None,
+      **extra_args: Any,
+  ) -> tuple[optax.Updates, optax.EmptyState]:
     rho, reference = extra_args[_COUPLING_ARG]
     pull = lambda d, x, r: d + jnp.asarray(rho, d.dtype) * (x - r).astype(d.dtype)
     return jax.tree.map(pull, updates, params, reference), state

@@ -81,6 +81,22 @@ def _check_like_params(name: str, tree: Any, params: Any) -> None:
       )
 
 
+def _check_floating(params: Any) -> None:
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+      raise TypeError(
+          f"params{jax.tree_util.keystr(path)} has dtype {jnp.result_type(leaf)}; "
+          "Entropy-SGD moves params by Langevin steps, so every leaf must be a "
+          "float array. Keep integer or bool leaves out of the optimized tree "
+          "(optax.masked or optax.multi_transform with optax.set_to_zero)."
+      )
+
+
+def _cast_like(new: Any, old: Any) -> Any:
+  """``new`` with the dtypes of ``old``: the state's dtypes are fixed at init."""
+  return jax.tree.map(lambda n, o: jnp.asarray(n).astype(jnp.result_type(o)), new, old)
+
+
 def _check_batches(batches: Any, inner_steps: int) -> None:
   for path, leaf in jax.tree_util.tree_leaves_with_path(batches):
     shape = np.shape(leaf)
@@ -247,6 +263,7 @@ def local_entropy(
     )
 
   def init_fn(params: optax.Params) -> EntropySGDState:
+    _check_floating(params)
     copy = lambda tree: jax.tree.map(lambda p: jnp.array(p, copy=True), tree)
     return EntropySGDState(
         count=jnp.zeros([], jnp.int32),
@@ -304,6 +321,9 @@ def local_entropy(
 
     def finish_outer_step():
       updates, outer_state = outer_updates(state.anchor, step.mu, state, extra)
+      # Both lax.cond branches must return the state's types, whatever dtype
+      # the outer transform's arithmetic promotes to.
+      outer_state = _cast_like(outer_state, state.outer_state)
       target = optax.apply_updates(state.anchor, updates)
       # Params end exactly on the stored anchor after apply_updates.
       to_anchor = jax.tree.map(lambda t, p: (t - p).astype(p.dtype), target, params)
@@ -376,6 +396,7 @@ def local_entropy(
 
     stored_carry = new_carry if threads_carry else state.carry
     updates, outer_state = outer_updates(anchor, mu, state, extra)
+    outer_state = _cast_like(outer_state, state.outer_state)
     new_anchor = optax.apply_updates(anchor, updates)
     # Every walker feeds mu with weight 1 - alpha > 0, so mu sees any
     # non-finite walker of the inner loop; the outer transform can still
@@ -406,6 +427,7 @@ def local_entropy(
           "step-interleaved mode params is the walker x'."
       )
     _check_like_params("grads", updates, params)
+    _check_floating(params)
     if (grad_fn is None) != (batches is None):
       raise ValueError(
           "fused mode needs both grad_fn and batches (the remaining "

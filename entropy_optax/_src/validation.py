@@ -11,6 +11,7 @@ import numbers
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -21,7 +22,8 @@ def concrete_value(value: Any) -> float | None:
   if isinstance(value, numbers.Real):
     return float(value)
   array = np.asarray(value)
-  if array.shape != () or not np.issubdtype(array.dtype, np.number):
+  # jnp.issubdtype knows bfloat16 (inject_hyperparams casts to the params' dtype).
+  if array.shape != () or not jnp.issubdtype(array.dtype, jnp.number):
     return None
   return float(array)
 
@@ -42,15 +44,15 @@ def _check_real(name: str, value: Any) -> float | None:
   if callable(value) or isinstance(value, jax.core.Tracer):
     return None
   if not isinstance(value, numbers.Real):
-    array = np.asarray(value) if isinstance(value, (np.ndarray, jax.Array)) else None
-    if array is None or array.shape != () or not np.issubdtype(array.dtype, np.number):
+    array = np.asarray(value) if isinstance(value, (np.ndarray, np.generic, jax.Array)) else None
+    if array is None or array.shape != () or not jnp.issubdtype(array.dtype, jnp.number):
       raise TypeError(
           f"{name} must be a real scalar or an optax schedule, got {value!r} "
           f"of type {type(value).__name__}."
       )
   number = concrete_value(value)
-  if number is not None and np.isnan(number):
-    raise ValueError(f"{name} must not be NaN.")
+  if number is not None and not np.isfinite(number):
+    raise ValueError(f"{name} must be finite, got {number}.")
   return number
 
 
