@@ -118,3 +118,15 @@ def test_hash_noise_of_a_leaf_does_not_depend_on_the_leaf_being_split():
 def test_an_unknown_noise_generator_is_rejected_by_name():
   with pytest.raises(ValueError, match="noise_generator"):
     entropy_optax.entropy_sgd(0.1, noise_generator="philox")
+
+
+def test_hash_noise_is_finite_and_symmetric_for_every_23_bit_cell():
+  """All 2^23 cells of the inverse CDF, the extreme ones included."""
+  from entropy_optax._src import noise
+
+  cells = jnp.arange(2**23, dtype=jnp.uint32) << 9
+  z = np.asarray(jax.jit(noise.normal_from_bits)(cells))
+  assert np.all(np.isfinite(z))
+  assert 5.0 < z.max() < 5.5 and z.min() == -z.max()
+  np.testing.assert_allclose(z, -z[::-1], atol=2e-6)
+  assert abs(z.mean()) < 1e-6 and abs(z.var() - 1) < 1e-5

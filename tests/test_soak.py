@@ -16,20 +16,11 @@ from benchmarks import soak
 # allocator's own jitter is a few MiB.
 RSS_GROWTH_MIB = 16.0
 
-HASH_NOISE_INF = pytest.mark.xfail(
-    strict=True,
-    reason="core: the hash noise generator draws +inf when the top 24 bits of an "
-    "element's hash are all ones (u = (2^24 - 1 + 0.5) 2^-24 rounds to 1.0 in float32 "
-    "and erf_inv(1) = inf), once per 2^24 draws; the outer step is skipped and, as "
-    "the retry draws the same noise from the same counters, so is every later one",
-)
-
-
 @pytest.mark.parametrize(
     "outer_steps",
     [
-        pytest.param(1_000, marks=HASH_NOISE_INF),
-        pytest.param(10_000, marks=[pytest.mark.slow, HASH_NOISE_INF]),
+        pytest.param(1_000),
+        pytest.param(10_000, marks=pytest.mark.slow),
     ],
 )
 def test_soak_with_poisoned_minibatches_skips_exactly_those_and_stays_finite(outer_steps):
@@ -49,7 +40,6 @@ def test_soak_with_poisoned_minibatches_skips_exactly_those_and_stays_finite(out
     np.testing.assert_array_equal(a, b)
 
 
-@HASH_NOISE_INF
 def test_the_noise_of_a_long_wide_run_is_finite_so_nothing_is_skipped():
   """2^27 Langevin noise draws (64 outer steps of 2 on 2^20 weights), no bad data: not one outer step may be skipped.
 

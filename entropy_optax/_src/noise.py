@@ -102,15 +102,20 @@ def hash_normal(words: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.Arr
   """N(0, 1) draws from two uint32 key words by hashing each element's index.
 
   Two keyed rounds of :func:`_mix32` map the index to 32 uniform bits, of
-  which the top 24 give u in (0, 1) at the centres of 2^24 equal cells; then
-  z = sqrt(2) erfinv(2u - 1). The draws are exact Gaussians up to that 24-bit
-  resolution (|z| <= 5.4).
+  which the top 23 give u in (0, 1) at the centres of 2^23 equal cells; then
+  z = sqrt(2) erfinv(2u - 1). The draws are exact Gaussians up to that 23-bit
+  resolution (|z| <= 5.3). 23 bits, not 24: the top cell's centre 1 - 2^-24
+  must be a float32, or u rounds to 1 and erfinv(1) is infinite.
   """
   words = jnp.asarray(words).astype(jnp.uint32)
   bits = _mix32(_mix32(_keyed_index(words[0], shape)) ^ words[1])
-  u = ((bits >> 8).astype(jnp.float32) + 0.5) * np.float32(2.0**-24)
-  z = np.float32(np.sqrt(2.0)) * jax.lax.erf_inv(2.0 * u - 1.0)
-  return z.astype(dtype)
+  return normal_from_bits(bits).astype(dtype)
+
+
+def normal_from_bits(bits: jax.Array) -> jax.Array:
+  """The float32 Gaussian of uint32 ``bits`` by the inverse CDF of their top 23."""
+  u = ((bits >> 9).astype(jnp.float32) + 0.5) * np.float32(2.0**-23)
+  return np.float32(np.sqrt(2.0)) * jax.lax.erf_inv(2.0 * u - 1.0)
 
 
 def standard_normal_like(
