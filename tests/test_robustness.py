@@ -91,6 +91,19 @@ def test_grads_unlike_params_raise_naming_grads():
     tx.update(params, state)
 
 
+def test_a_grads_leaf_that_is_not_an_array_raises_naming_it():
+  tx, params, state, _ = _setup()
+  with pytest.raises(TypeError, match=r"grads\['b'\].*array"):
+    tx.update({"w": jnp.ones((2, 3)), "b": "oops"}, state, params)
+
+
+def test_a_state_made_for_other_params_raises_naming_opt_state():
+  tx, params, _, _ = _setup()
+  other = tx.init({"v": jnp.ones(2)})
+  with pytest.raises(ValueError, match="opt_state"):
+    tx.update(params, other, params)
+
+
 def test_grad_fn_returning_the_wrong_structure_raises():
   tx, params, state, _ = _setup()
   with pytest.raises(ValueError, match="grad_fn"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -74,6 +75,11 @@ def _check_like_params(name: str, tree: Any, params: Any) -> None:
   for (path, leaf), param in zip(
       jax.tree_util.tree_leaves_with_path(tree), jax.tree.leaves(params)
   ):
+    if not isinstance(leaf, (jax.Array, np.ndarray, np.generic, numbers.Number)):
+      raise TypeError(
+          f"{name}{jax.tree_util.keystr(path)} must be an array, got "
+          f"{type(leaf).__name__}."
+      )
     if np.shape(leaf) != np.shape(param):
       raise ValueError(
           f"{name}{jax.tree_util.keystr(path)} has shape {np.shape(leaf)}, but "
@@ -428,6 +434,13 @@ def local_entropy(
       )
     _check_like_params("grads", updates, params)
     _check_floating(params)
+    if jax.tree.structure(state.anchor) != jax.tree.structure(params):
+      raise ValueError(
+          "opt_state was initialised for params of another structure: call "
+          "tx.init on these params.\n"
+          f"  params: {jax.tree.structure(params)}\n"
+          f"  opt_state's anchor: {jax.tree.structure(state.anchor)}"
+      )
     if (grad_fn is None) != (batches is None):
       raise ValueError(
           "fused mode needs both grad_fn and batches (the remaining "
