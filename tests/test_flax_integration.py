@@ -121,11 +121,14 @@ def test_nnx_fused_update_threads_batchnorm_and_dropout_like_interleaved_steps()
 
   model = BatchNormDropoutNet(nnx.Rngs(0, dropout=1))
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-  losses = []
-  for i in range(L):
-    (loss, _), grads = nnx.value_and_grad(_ce_loss, has_aux=True)(model, harness.take(batches, i))
+
+  @nnx.jit
+  def interleaved_step(model, optimizer, batch):
+    (loss, _), grads = nnx.value_and_grad(_ce_loss, has_aux=True)(model, batch)
     optimizer.update(model, grads)
-    losses.append(loss)
+    return loss
+
+  losses = [interleaved_step(model, optimizer, harness.take(batches, i)) for i in range(L)]
 
   compared = nnx.Any(nnx.Param, nnx.BatchStat, nnx.RngCount)
   _assert_trees_close(nnx.as_pure(nnx.state(fused_model, compared)),

@@ -43,12 +43,18 @@ def _problem():
 def _by_hand(tx, params, batch_stats, batches, loss_fn, key):
   """Step-interleaved, one minibatch at a time, the i-th dropout key for minibatch i."""
   keys = jax.random.split(key, L)
+
+  @jax.jit
+  def one_step(params, batch_stats, state, batch, key):
+    (loss, (batch_stats, accuracy)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        params, batch_stats, batch, key=key)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), batch_stats, state, loss, accuracy
+
   state, losses, accuracies = tx.init(params), [], []
   for i in range(L):
-    (loss, (batch_stats, accuracy)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        params, batch_stats, harness.take(batches, i), key=keys[i])
-    updates, state = tx.update(grads, state, params)
-    params = optax.apply_updates(params, updates)
+    params, batch_stats, state, loss, accuracy = one_step(
+        params, batch_stats, state, harness.take(batches, i), keys[i])
     losses.append(loss)
     accuracies.append(accuracy)
   return params, batch_stats, np.mean(losses), np.mean(accuracies)
