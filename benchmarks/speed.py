@@ -146,7 +146,9 @@ def torch_candidate(model_name: str, inner_steps: int, batches_np: dict[str, np.
   import torch
   from torch import nn
 
-  torch.set_num_threads(max(1, os.cpu_count() or 1))
+  device = "cuda" if torch.cuda.is_available() else "cpu"
+  if device == "cpu":
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
   if model_name == "mnistfc":
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024),
                           nn.ReLU(), nn.Linear(1024, 10))
@@ -154,9 +156,10 @@ def torch_candidate(model_name: str, inner_steps: int, batches_np: dict[str, np.
     model = nn.Sequential(nn.Unflatten(1, (1, 28, 28)), nn.Conv2d(1, 20, 5), nn.ReLU(),
                           nn.MaxPool2d(2), nn.Conv2d(20, 50, 5), nn.ReLU(), nn.MaxPool2d(2),
                           nn.Flatten(), nn.Linear(800, 500), nn.ReLU(), nn.Linear(500, 10))
+  model = model.to(device)
   params = list(model.parameters())
-  xs = torch.from_numpy(batches_np["x"])
-  ys = torch.from_numpy(batches_np["y"]).long()
+  xs = torch.from_numpy(batches_np["x"]).to(device)
+  ys = torch.from_numpy(batches_np["y"]).long().to(device)
   loss_fn = nn.CrossEntropyLoss()
   gamma, lr_inner, alpha, eta = 0.03, 0.1, 0.75, 1.0
   outer_buf = [torch.zeros_like(p) for p in params]
@@ -166,10 +169,6 @@ def torch_candidate(model_name: str, inner_steps: int, batches_np: dict[str, np.
       p.grad = None
     loss_fn(model(xs[i % len(xs)]), ys[i % len(ys)]).backward()
     return [p.grad for p in params]
-
-  @torch.no_grad()
-  def no_grad_update(fn):
-    fn()
 
   def outer_step():
     with torch.enable_grad():
@@ -195,8 +194,10 @@ def torch_candidate(model_name: str, inner_steps: int, batches_np: dict[str, np.
         buf.mul_(MOMENTUM).add_(dx)
         dx = dx.add(buf, alpha=MOMENTUM)
         p.copy_(xk - eta * dx)
+    if device == "cuda":
+      torch.cuda.synchronize()
 
-  return outer_step, torch.__version__
+  return outer_step, f"{torch.__version__} on {device}"
 
 
 # ----------------------------------------------------------------------------- measurement
