@@ -10,6 +10,7 @@ The public API:
 * :mod:`entropy_optax.diagnostics`: Hessian spectra, local entropy, local energy.
 * :func:`parle`, :func:`replicate`, :func:`reference_params`: Parle, replicated
   Entropy-SGD coupled to a reference (replicas along a leading axis).
+* :func:`hlo_collectives`: the collectives of a compiled (sharded) step.
 * :func:`make_train_step`: a jitted step over one outer step's minibatches.
 * Flax: :func:`nnx_fused_update`, :func:`nnx_grad_fn`, :func:`nnx_at_anchor`,
   :func:`linen_fused_apply_gradients`, :func:`linen_at_anchor` (flax is
@@ -21,6 +22,8 @@ The public API:
 from entropy_optax import diagnostics
 from entropy_optax._src.alias import entropy_adam
 from entropy_optax._src.alias import entropy_sgd
+from entropy_optax._src.collectives import Collective
+from entropy_optax._src.collectives import hlo_collectives
 from entropy_optax._src.flax_integration import linen_at_anchor
 from entropy_optax._src.flax_integration import linen_fused_apply_gradients
 from entropy_optax._src.flax_integration import nnx_at_anchor
@@ -43,6 +46,7 @@ from entropy_optax._src.transform import local_entropy
 __version__ = "0.1.0"
 
 __all__ = (
+    "Collective",
     "EntropySGDState",
     "LangevinHyperparams",
     "ParleState",
@@ -51,6 +55,7 @@ __all__ = (
     "entropy_sgd",
     "find_state",
     "fused_carry",
+    "hlo_collectives",
     "langevin_step",
     "linen_at_anchor",
     "linen_fused_apply_gradients",

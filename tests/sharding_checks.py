@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import re
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +27,6 @@ L = 3
 OUTER_STEPS = 2
 SIZES = (16, 32, 8)  # every sharded dimension divides by 8
 BATCH = 32
-COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all")
 # FSDP: every weight matrix sharded along one dimension, the biases too;
 # b2 (8 numbers) stays replicated.
 FSDP = {"w1": P(None, "data"), "b1": P("data"), "w2": P("data", None), "b2": P()}
@@ -96,20 +94,7 @@ def sgd_scan_step(loss, lr=0.1):
 
 
 def collectives(hlo: str) -> list[dict]:
-  """Every collective of a compiled HLO module: kind, result shapes, bytes."""
-  found = []
-  pattern = r"= (\([^=]*?\)|\S+) (%s)(?:-start)?\(" % "|".join(COLLECTIVES)
-  for shapes, kind in re.findall(pattern, hlo):
-    arrays = re.findall(r"(pred|[a-z]+\d+)\[([\d,]*)\]", shapes)
-    elements = [int(np.prod([int(d) for d in dims.split(",") if d])) for _, dims in arrays]
-    bits = [1 if dt == "pred" else int(re.sub(r"\D", "", dt)) for dt, _ in arrays]
-    found.append({
-        "kind": kind,
-        "shapes": [f"{dt}[{dims}]" for dt, dims in arrays],
-        "elements": int(sum(elements)),
-        "bytes": int(sum(e * max(b // 8, 1) for e, b in zip(elements, bits))),
-    })
-  return found
+  return [op._asdict() for op in entropy_optax.hlo_collectives(hlo)]
 
 
 def run(step, params, state, chunks):
