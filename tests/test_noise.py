@@ -120,13 +120,17 @@ def test_an_unknown_noise_generator_is_rejected_by_name():
     entropy_optax.entropy_sgd(0.1, noise_generator="philox")
 
 
-def test_hash_noise_is_finite_and_symmetric_for_every_23_bit_cell():
-  """All 2^23 cells of the inverse CDF, the extreme ones included."""
+def test_hash_noise_is_the_exact_normal_quantile_of_every_23_bit_cell():
+  """All 2^23 cells, the extreme ones included: z(b) = Phi^-1((b + 1/2) 2^-23)
+  to float32 precision (measured: 9.1e-7 absolute, 2.9e-7 relative)."""
+  import scipy.special
   from entropy_optax._src import noise
 
   cells = jnp.arange(2**23, dtype=jnp.uint32) << 9
-  z = np.asarray(jax.jit(noise.normal_from_bits)(cells))
+  z = np.asarray(jax.jit(noise.normal_from_bits)(cells), np.float64)
+  exact = scipy.special.ndtri((np.arange(2**23) + 0.5) / 2**23)
   assert np.all(np.isfinite(z))
-  assert 5.0 < z.max() < 5.5 and z.min() == -z.max()
-  np.testing.assert_allclose(z, -z[::-1], atol=2e-6)
-  assert abs(z.mean()) < 1e-6 and abs(z.var() - 1) < 1e-5
+  np.testing.assert_allclose(z, exact, rtol=1e-6, atol=2e-6)
+  assert z.min() == -z.max() and 5.2 < z.max() < 5.3
+  # Only the top 23 bits count: the low 9 bits never change a draw.
+  np.testing.assert_array_equal(jax.jit(noise.normal_from_bits)(cells | 0x1FF), z)
