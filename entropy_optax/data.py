@@ -322,3 +322,79 @@ def load_dataset(
       source=f"{fallback.source}: no {name} files in {folder} and {reason}; "
       f"pass --data-dir with the IDX files{hint} to use the real data"
   )
+
+
+CIFAR10_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
+"""The python-pickle batches of ``cifar-10-batches-py`` (the standard archive)."""
+
+
+def load_cifar10(folder: PathLike) -> Dataset:
+  """Loads CIFAR-10 from its python-pickle batches (``cifar-10-batches-py``).
+
+  Args:
+    folder: holds ``data_batch_1`` ... ``data_batch_5`` and ``test_batch``,
+      each a pickled dict with ``b"data"`` (n, 3072) uint8 rows in
+      channel-major order and ``b"labels"``.
+
+  Returns:
+    A :class:`Dataset` of (n, 32, 32, 3) images in [0, 1].
+
+  Raises:
+    FileNotFoundError: naming the missing batch.
+  """
+  import pickle
+
+  folder = pathlib.Path(folder)
+  splits: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {"train": [], "test": []}
+  for name in CIFAR10_FILES:
+    if not (folder / name).is_file():
+      raise FileNotFoundError(
+          f"{folder} has no {name}: give the folder cifar-10-batches-py of "
+          "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz, unpacked."
+      )
+    with open(folder / name, "rb") as f:
+      batch = pickle.load(f, encoding="bytes")
+    images = np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    labels = np.asarray(batch[b"labels"], np.int32)
+    splits["test" if name == "test_batch" else "train"].append((images, labels))
+  join = lambda parts, i: np.concatenate([p[i] for p in parts])
+  scale = lambda a: a.astype(np.float32) / 255.0
+  return Dataset(
+      scale(join(splits["train"], 0)), join(splits["train"], 1),
+      scale(join(splits["test"], 0)), join(splits["test"], 1), source=str(folder),
+  )
+
+
+def strip_verse_labels(text: str) -> str:
+  """Removes the book/chapter headings and verse numbers that ``bible`` prints.
+
+  Args:
+    text: the output of ``bible -l200 'Gen1:1-Rev22:21'`` (Debian's
+      ``bible-kjv``): lines ``Genesis 1`` and ``  1 In the beginning ...``.
+
+  Returns:
+    The verses alone, one per line.
+
+  Examples:
+    >>> from entropy_optax import data
+    >>> data.strip_verse_labels("\\nGenesis 1\\n\\n  1 In the beginning\\nGod.\\n")
+    'In the beginning\\nGod.\\n'
+  """
+  import re
+
+  text = re.sub(r"(?m)^(?:[1-3] )?[A-Z][A-Za-z ]* \d+\n", "", text)
+  text = re.sub(r"(?m)^ +\d+ ", "", text)
+  return re.sub(r"\n{2,}", "\n", text).lstrip("\n")
+
+
+def encode_text(text: str) -> tuple[np.ndarray, list[str]]:
+  """Character tokens of ``text`` and the sorted vocabulary they index.
+
+  Examples:
+    >>> from entropy_optax import data
+    >>> data.encode_text("abba")
+    (array([0, 1, 1, 0], dtype=int32), ['a', 'b'])
+  """
+  vocab = sorted(set(text))
+  index = {c: i for i, c in enumerate(vocab)}
+  return np.fromiter((index[c] for c in text), np.int32, len(text)), vocab

@@ -1,4 +1,4 @@
-"""The paper's MNIST networks as Flax Linen modules: ``mnistfc`` and ``lenet``.
+"""The paper's networks as Flax Linen modules: mnistfc, LeNet, All-CNN-BN, char-LSTM.
 
 Both take images of shape (batch, height, width, channels) and return logits.
 Three modes, as the paper's training and evaluation need them:
@@ -91,6 +91,83 @@ class LeNet(nn.Module):
     x = nn.relu(norm()(nn.Dense(self.hidden)(x)))
     x = nn.Dropout(self.dropout_rate, deterministic=deterministic)(x)
     return nn.Dense(self.num_classes)(x)
+
+
+class AllCNN(nn.Module):
+  """All-CNN-BN (CIFAR-10): All-CNN-C of Springenberg et al. with BatchNorm.
+
+  Three 3x3 convolutions per stage (the last with stride 2, then dropout
+  0.5), after an input dropout of 0.2; then a 3x3 valid convolution, two 1x1
+  convolutions down to the classes and a global average pool. BatchNorm and
+  ReLU follow every convolution.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> from entropy_optax import models
+    >>> net = models.AllCNN(widths=(4, 8))
+    >>> variables = net.init(jax.random.key(0), jnp.zeros((2, 32, 32, 3)))
+    >>> net.apply(variables, jnp.zeros((2, 32, 32, 3))).shape
+    (2, 10)
+  """
+
+  widths: tuple[int, int] = (96, 192)
+  num_classes: int = 10
+  input_dropout: float = 0.2
+  dropout_rate: float = 0.5
+  bn_momentum: float = 0.9
+
+  @nn.compact
+  def __call__(
+      self, x: jax.Array, train: bool = False, dropout: Optional[bool] = None
+  ) -> jax.Array:
+    deterministic = not (train if dropout is None else dropout)
+
+    def conv(x, features, kernel, stride=1, padding="SAME"):
+      x = nn.Conv(features, (kernel, kernel), (stride, stride), padding=padding)(x)
+      x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum)(x)
+      return nn.relu(x)
+
+    x = nn.Dropout(self.input_dropout, deterministic=deterministic)(x)
+    for width in self.widths:
+      x = conv(conv(conv(x, width, 3), width, 3), width, 3, stride=2)
+      x = nn.Dropout(self.dropout_rate, deterministic=deterministic)(x)
+    x = conv(x, self.widths[-1], 3, padding="VALID")
+    x = conv(conv(x, self.widths[-1], 1), self.num_classes, 1)
+    return x.mean(axis=(1, 2))
+
+
+class CharLSTM(nn.Module):
+  """char-LSTM: embedding, stacked LSTMs, logits over the vocabulary.
+
+  Karpathy's char-rnn defaults (2 layers of 128), the setting of the paper's
+  char-LSTM experiment. Takes int tokens (batch, time); returns logits
+  (batch, time, vocab). No BatchNorm; dropout between layers when
+  ``dropout_rate`` > 0.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> from entropy_optax import models
+    >>> net = models.CharLSTM(vocab_size=7, hidden=8)
+    >>> variables = net.init(jax.random.key(0), jnp.zeros((2, 5), jnp.int32))
+    >>> net.apply(variables, jnp.zeros((2, 5), jnp.int32)).shape
+    (2, 5, 7)
+  """
+
+  vocab_size: int
+  hidden: int = 128
+  layers: int = 2
+  dropout_rate: float = 0.0
+
+  @nn.compact
+  def __call__(
+      self, tokens: jax.Array, train: bool = False, dropout: Optional[bool] = None
+  ) -> jax.Array:
+    deterministic = not (train if dropout is None else dropout)
+    x = nn.Embed(self.vocab_size, self.hidden)(tokens)
+    for _ in range(self.layers):
+      x = nn.RNN(nn.OptimizedLSTMCell(self.hidden))(x)
+      x = nn.Dropout(self.dropout_rate, deterministic=deterministic)(x)
+    return nn.Dense(self.vocab_size)(x)
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {"mnistfc": MnistFC, "lenet": LeNet}
