@@ -77,12 +77,6 @@ def test_state_leaves_follow_their_params_sharding_under_explicit_sharding(resul
     assert specs == results["entropy_sgd"]["expected_specs"], field
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="entropy_optax/_src/noise.py draws each leaf's noise unsharded under an explicit "
-    "mesh (jax.make_mesh's default): every device computes all of it. Fix: draw with "
-    "out_sharding=jax.typeof(leaf).sharding.",
-)
 def test_each_device_draws_only_its_shards_noise_under_explicit_sharding(results):
   assert not results["explicit"]["full_size_random_bits"]
 

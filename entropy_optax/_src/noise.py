@@ -82,7 +82,7 @@ def _mix32(h: jax.Array) -> jax.Array:
   return h ^ (h >> 16)
 
 
-def _keyed_index(offset: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+def _keyed_index(offset: jax.Array, shape: tuple[int, ...], sharding: Any = None) -> jax.Array:
   """``offset`` plus each element's row-major index, built from iotas.
 
   Iotas split under sharding like any elementwise op. Starting the sum from
@@ -90,16 +90,18 @@ def _keyed_index(offset: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   the index into the update instead of hoisting it out of the inner loop as a
   materialised array that each step would have to read.
   """
-  index = jnp.broadcast_to(offset, shape)
+  index = jnp.broadcast_to(offset, shape, out_sharding=sharding)
   stride = 1
   for axis in reversed(range(len(shape))):
-    iota = jax.lax.broadcasted_iota(jnp.uint32, shape, axis)
+    iota = jax.lax.broadcasted_iota(jnp.uint32, shape, axis, out_sharding=sharding)
     index = index + iota * jnp.uint32(stride % 2**32)
     stride *= shape[axis]
   return index
 
 
-def hash_normal(words: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.Array:
+def hash_normal(
+    words: jax.Array, shape: tuple[int, ...], dtype: Any, out_sharding: Any = None
+) -> jax.Array:
   """N(0, 1) draws from two uint32 key words by hashing each element's index.
 
   Two keyed rounds of :func:`_mix32` map the index to 32 uniform bits, of
@@ -110,7 +112,7 @@ def hash_normal(words: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.Arr
   and erfinv(1) is infinite.
   """
   words = jnp.asarray(words).astype(jnp.uint32)
-  bits = _mix32(_mix32(_keyed_index(words[0], shape)) ^ words[1])
+  bits = _mix32(_mix32(_keyed_index(words[0], shape, out_sharding)) ^ words[1])
   return normal_from_bits(bits).astype(dtype)
 
 
@@ -153,6 +155,17 @@ def normal_from_bits(bits: jax.Array) -> jax.Array:
   return np.float32(np.sqrt(2.0)) * jnp.where(w < np.float32(5.0), centre, tail) * x
 
 
+def _explicit_sharding(leaf: Any) -> Any:
+  """The leaf's sharding when it is explicit (jax.make_mesh's default), else None."""
+  sharding = getattr(jax.typeof(leaf), "sharding", None)
+  mesh = getattr(sharding, "mesh", None)
+  if mesh is None or getattr(mesh, "empty", True):
+    return None
+  if not any(t == jax.sharding.AxisType.Explicit for t in getattr(mesh, "axis_types", ())):
+    return None
+  return sharding
+
+
 def standard_normal_like(
     key: jax.Array, tree: Any, generator: NoiseGenerator = "hash"
 ) -> Any:
@@ -160,14 +173,18 @@ def standard_normal_like(
   leaves, treedef = jax.tree.flatten(tree)
   keys = jax.random.split(key, max(len(leaves), 1))
   if generator == "hash":
-    draw = lambda k, shape, dtype: hash_normal(
-        jax.random.bits(k, (2,), jnp.uint32), shape, dtype
+    draw = lambda k, shape, dtype, sharding: hash_normal(
+        jax.random.bits(k, (2,), jnp.uint32), shape, dtype, sharding
     )
   elif generator == "threefry":
-    draw = jax.random.normal
+    draw = lambda k, shape, dtype, sharding: jax.random.normal(
+        k, shape, dtype, out_sharding=sharding
+    )
   else:
     raise ValueError(f"noise_generator must be one of {NOISE_GENERATORS}, got {generator!r}.")
+  # Under explicit sharding each device then draws only its own shard.
   draws = [
-      draw(k, jnp.shape(leaf), jnp.result_type(leaf)) for k, leaf in zip(keys, leaves)
+      draw(k, jnp.shape(leaf), jnp.result_type(leaf), _explicit_sharding(leaf))
+      for k, leaf in zip(keys, leaves)
   ]
   return jax.tree.unflatten(treedef, draws)
