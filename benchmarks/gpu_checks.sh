@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The GPU checks of the benchmarks, as one command for a lent accelerator (about 9 minutes):
+#   bash benchmarks/gpu_checks.sh DATA_DIR OUT
+# DATA_DIR: the four Fashion-MNIST IDX .gz files and kjv.txt (see benchmarks/gpu_reproduce.sh).
+# OUT receives gpu_results.tgz (speed, reproduction, scaling results) and gpu_log.txt.
+# Each part has its own time limit, so one failure leaves the others' results.
+set -uo pipefail
+data_dir=${1:?give the data folder}
+out=${2:?give the output folder}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+python=${PYTHON:-python3}
+work=$(mktemp -d)
+{
+  nvidia-smi -L
+  "$python" -c "import jax, optax, flax; print('jax', jax.__version__, jax.devices(), 'optax', optax.__version__, 'flax', flax.__version__)"
+  timeout "${SPEED_LIMIT:-170}" "$python" benchmarks/speed.py --repeats 5 --out "$work/speed_gpu"
+  echo "speed.py exit $?"
+  PYTHON="$python" TIME_LIMIT="${REPRO_TIME_LIMIT:-300}" timeout "${REPRO_LIMIT:-340}" \
+    bash benchmarks/gpu_reproduce.sh "$data_dir" "$work/reproduction_gpu"
+  echo "reproduce exit $?"
+  timeout "${SCALING_LIMIT:-50}" "$python" benchmarks/scaling.py --devices 1 --out "$work/scaling_gpu"
+  echo "scaling exit $?"
+} 2>&1 | tee "$out/gpu_log.txt"
+tar czf "$out/gpu_results.tgz" -C "$work" .
