@@ -54,6 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--width", type=int, default=256, help="hidden width of the 64-W-W-10 MLP")
   parser.add_argument("--batch-size", type=int, default=64, help="minibatch size (per replica for Parle)")
   parser.add_argument("--out", default=str(HERE / "results"), help="folder for scaling.md and scaling.json")
+  parser.add_argument("--accelerator", action="store_true",
+                      help="one device on the default backend (a GPU, say) instead of simulated CPU "
+                      "devices; its times are real")
   parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
   parser.add_argument("--worker-dir", default=None, help=argparse.SUPPRESS)
   return parser.parse_args(argv)
@@ -182,13 +185,15 @@ def main(argv: list[str] | None = None) -> None:
   for n in args.devices:
     if n < 1 or 8 % n:
       raise SystemExit(f"--devices: each count must divide 8, got {n}.")
+  if args.accelerator and args.devices != [1]:
+    raise SystemExit("--accelerator runs one device: pass --devices 1.")
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   rows, raw = [], {}
   with tempfile.TemporaryDirectory() as tmp:
     for n in args.devices:
-      env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
-                 JAX_PLATFORMS="cpu")
+      env = dict(os.environ) if args.accelerator else dict(
+          os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}", JAX_PLATFORMS="cpu")
       cmd = [sys.executable, __file__, "--worker", str(n), "--worker-dir", tmp,
              "--inner-steps", str(args.inner_steps), "--outer-steps", str(args.outer_steps),
              "--width", str(args.width), "--batch-size", str(args.batch_size)]
@@ -207,12 +212,16 @@ def main(argv: list[str] | None = None) -> None:
   sizes = (64, args.width, args.width, 10)
   n_params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
   command = "python benchmarks/scaling.py " + " ".join(argv if argv is not None else sys.argv[1:])
+  machine_line = (
+      "one device of JAX's default backend (the GPU where there is one); its times are real."
+      if args.accelerator
+      else "CPU only; N devices simulated with `--xla_force_host_platform_device_count=N`."
+  )
   lines = [
-      "# Scaling out on simulated CPU devices",
+      "# Scaling out" + (" on one accelerator" if args.accelerator else " on simulated CPU devices"),
       "",
       f"Command: `{command.strip()}`  ",
-      f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-      f"CPU only; N devices simulated with `--xla_force_host_platform_device_count=N`.",
+      f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, " + machine_line,
       "",
       f"MLP 64-{args.width}-{args.width}-10, L = {args.inner_steps}, {args.outer_steps} outer steps, "
       f"batch {args.batch_size}; Entropy-SGD FSDP + data parallel over all N devices; Parle "
@@ -229,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
       "result bytes per device; an op in the fused scan body is counted once but runs L - 1 times per "
       "outer step; interleaved mode: per call (L calls per outer step).",
       "",
-      "| configuration | devices | max abs diff | time / outer step (simulated) | collectives per compiled step |",
+      f"| configuration | devices | max abs diff | time / outer step ({'measured' if args.accelerator else 'simulated'}) | collectives per compiled step |",
       "|---|---|---|---|---|",
   ]
   for name, n, diff, seconds, coll in rows:
