@@ -229,7 +229,9 @@ def main(argv: list[str] | None = None) -> None:
       "",
       f"- **max |diff|**: largest difference of the final weights from the {args.devices[0]}-device run "
       "(float32; sharded reductions sum in another order).",
-      "- **time**: seconds per outer step, SIMULATED (N virtual devices share the same cores; "
+      "- **time**: seconds per outer step, measured on that device."
+      if args.accelerator
+      else "- **time**: seconds per outer step, SIMULATED (N virtual devices share the same cores; "
       "not a measure of scaling).",
       f"- One model's params: {n_params} float32 = {4 * n_params} B. Parle's only cross-replica traffic "
       "is one all-reduce of the replicas' anchors per outer step: that many bytes per device divided by "
