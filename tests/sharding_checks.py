@@ -268,7 +268,7 @@ def parle_checks() -> dict:
 def main() -> None:
   assert jax.device_count() == 8, jax.devices()
   has_generators = "noise_generator" in inspect.signature(entropy_optax.entropy_sgd).parameters
-  generators = ["hash", "threefry"] if has_generators else [None]
+  generators = ["hash", "hash_erfinv", "threefry"] if has_generators else [None]
   mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
   results = {
       "entropy_sgd": entropy_sgd_checks(mesh, generators),

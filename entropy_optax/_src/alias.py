@@ -69,8 +69,8 @@ def entropy_sgd(
     key: an int seed or a JAX PRNG key for the Langevin noise.
     inner: optional transform applied to every Langevin gradient (see
       :func:`local_entropy`).
-    noise_generator: ``"hash"`` (default, fast) or ``"threefry"``; see
-      :func:`local_entropy`.
+    noise_generator: ``"hash"`` (default, fast), ``"hash_erfinv"`` or
+      ``"threefry"``; see :func:`local_entropy`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -160,7 +160,8 @@ def entropy_adam(
     scale_by_gamma: use gamma (x - mu) as the outer gradient.
     key: an int seed or a JAX PRNG key.
     inner: optional transform applied to every Langevin gradient.
-    noise_generator: ``"hash"`` (default, fast) or ``"threefry"``.
+    noise_generator: ``"hash"`` (default, fast), ``"hash_erfinv"`` or
+      ``"threefry"``.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.

@@ -191,9 +191,11 @@ def local_entropy(
       chained before this one only sees the first gradient of each outer
       step. Its state is kept across outer steps.
     noise_generator: ``"hash"`` (default), a counter-based generator fused
-      into the update, or ``"threefry"``, ``jax.random.normal``. Both are
-      exact N(0, 1) draws, reproducible from the key and independent of
-      sharding; they draw different numbers.
+      into the update with a 2^16-cell normal-quantile table;
+      ``"hash_erfinv"``, the same bits through a 2^23-cell quantile (Giles'
+      erfinv); or ``"threefry"``, ``jax.random.normal``. All are N(0, 1)
+      draws, reproducible from the key and independent of sharding; they
+      draw different numbers (see ``entropy_optax._src.noise``).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``. Extra keyword arguments
