@@ -5,7 +5,8 @@ The public API:
 * :func:`entropy_sgd`, :func:`entropy_adam`: the optimizers.
 * :func:`local_entropy`: Entropy-SGD around any outer optax transform.
 * :func:`scoping`: the scope schedule gamma0 (1 + gamma1)^t.
-* :func:`anchor_params`, :func:`fused_carry`: read the state.
+* :func:`anchor_params`, :func:`find_state`, :func:`fused_carry`,
+  :func:`replace_carry`: read the state, seed its carry slot.
 * :func:`langevin_step`: the pure Langevin step both modes call.
 * :mod:`entropy_optax.diagnostics`: Hessian spectra, local entropy, local energy.
 * :func:`parle`, :func:`replicate`, :func:`reference_params`: Parle, replicated
@@ -39,6 +40,7 @@ from entropy_optax._src.schedules import scoping
 from entropy_optax._src.state_utils import anchor_params
 from entropy_optax._src.state_utils import find_state
 from entropy_optax._src.state_utils import fused_carry
+from entropy_optax._src.state_utils import replace_carry
 from entropy_optax._src.train_step import make_train_step
 from entropy_optax._src.transform import EntropySGDState
 from entropy_optax._src.transform import local_entropy
@@ -66,6 +68,7 @@ __all__ = (
     "nnx_grad_fn",
     "parle",
     "reference_params",
+    "replace_carry",
     "replicate",
     "scoping",
 )

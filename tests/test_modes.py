@@ -148,7 +148,7 @@ def test_fused_mode_with_carry_compiles_once_when_the_state_is_seeded():
   inner_steps = 3
   params, stats0, batches, grad_fn = _bn_problem(inner_steps)
   tx = entropy_optax.entropy_sgd(0.5, inner_steps=inner_steps)
-  state = tx.init(params)._replace(carry=stats0)
+  state = entropy_optax.replace_carry(tx.init(params), stats0)
   traces = []
 
   @jax.jit

@@ -15,7 +15,7 @@ import optax
 
 from entropy_optax._src.state_utils import anchor_params
 from entropy_optax._src.state_utils import find_state
-from entropy_optax._src.train_step import replace_carry
+from entropy_optax._src.state_utils import replace_carry
 from entropy_optax._src.train_step import split_first
 
 if TYPE_CHECKING:

@@ -69,6 +69,18 @@ def langevin_step(
     The displacement, the new walker (``walker + delta`` in the walker's
     dtype, exactly what ``optax.apply_updates`` computes), the new mean and the
     new momentum buffer (None if ``momentum`` is None).
+
+  Examples:
+    One noiseless step from the anchor with gradient 1: x' moves by -eta'.
+
+    >>> import jax, jax.numpy as jnp, entropy_optax
+    >>> hp = entropy_optax.LangevinHyperparams(
+    ...     gamma=0.1, langevin_lr=0.5, noise=0.0, mu_decay=0.75, weight_decay=0.0,
+    ...     inner_momentum=0.0, nesterov=True, draw_noise=False)
+    >>> x = jnp.zeros(2)
+    >>> step = entropy_optax.langevin_step(jnp.ones(2), x, x, x, None, jax.random.key(0), hp)
+    >>> step.walker, step.mu
+    (Array([-0.5, -0.5], dtype=float32), Array([-0.125, -0.125], dtype=float32))
   """
   xi = (
       noise_lib.standard_normal_like(key, walker, hp.noise_generator)

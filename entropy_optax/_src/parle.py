@@ -17,6 +17,7 @@ import numpy as np
 import optax
 
 from entropy_optax._src import schedules
+from entropy_optax._src import state_utils
 from entropy_optax._src import transform
 from entropy_optax._src import validation
 
@@ -352,11 +353,4 @@ def reference_params(opt_state: optax.OptState) -> optax.Params:
     >>> entropy_optax.reference_params(state)["w"]
     Array([2.], dtype=float32)
   """
-  is_state = lambda node: isinstance(node, ParleState)
-  found = [node for node in jax.tree.leaves(opt_state, is_leaf=is_state) if is_state(node)]
-  if len(found) != 1:
-    raise ValueError(
-        f"opt_state must hold exactly one Parle state, found {len(found)}; pass "
-        "the state of a transform built with entropy_optax.parle."
-    )
-  return found[0].reference
+  return state_utils.find_one(opt_state, ParleState, "entropy_optax.parle").reference

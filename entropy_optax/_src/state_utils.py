@@ -10,6 +10,23 @@ import optax
 from entropy_optax._src.transform import EntropySGDState
 
 
+def find_one(opt_state: optax.OptState, state_type: type, made_by: str) -> Any:
+  """The single node of type ``state_type`` inside the pytree ``opt_state``.
+
+  Raises:
+    ValueError: if ``opt_state`` holds none, or several; ``made_by`` names the
+      factories whose states are of that type.
+  """
+  is_state = lambda node: isinstance(node, state_type)
+  found = [node for node in jax.tree.leaves(opt_state, is_leaf=is_state) if is_state(node)]
+  if len(found) != 1:
+    raise ValueError(
+        f"opt_state must hold exactly one {state_type.__name__}, found {len(found)}; "
+        f"pass the state of a transform built with {made_by}."
+    )
+  return found[0]
+
+
 def find_state(opt_state: optax.OptState) -> EntropySGDState:
   """The single :class:`EntropySGDState` inside ``opt_state``.
 
@@ -18,16 +35,38 @@ def find_state(opt_state: optax.OptState) -> EntropySGDState:
 
   Raises:
     ValueError: if ``opt_state`` holds no Entropy-SGD state, or several.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax, entropy_optax
+    >>> tx = optax.chain(optax.clip(1.0), entropy_optax.entropy_sgd(0.1, inner_steps=5))
+    >>> state = tx.init(jnp.ones(2))
+    >>> int(entropy_optax.find_state(state).inner_count)
+    0
   """
+  return find_one(opt_state, EntropySGDState, "entropy_sgd, entropy_adam or local_entropy")
+
+
+def replace_carry(opt_state: optax.OptState, carry: Any) -> optax.OptState:
+  """``opt_state`` with its Entropy-SGD state's carry slot set to ``carry``.
+
+  Seed the slot before jitting a fused step that threads a carry: the state
+  then keeps one structure and the step compiles once. Works inside any
+  wrapper (``optax.chain``, ``inject_hyperparams``, ...).
+
+  Examples:
+    >>> import jax.numpy as jnp, optax, entropy_optax
+    >>> tx = optax.chain(optax.clip(1.0), entropy_optax.entropy_sgd(0.1))
+    >>> state = entropy_optax.replace_carry(tx.init(jnp.ones(2)), {"mean": jnp.zeros(3)})
+    >>> entropy_optax.fused_carry(state)["mean"].shape
+    (3,)
+  """
+  find_state(opt_state)
   is_state = lambda node: isinstance(node, EntropySGDState)
-  found = [node for node in jax.tree.leaves(opt_state, is_leaf=is_state) if is_state(node)]
-  if len(found) != 1:
-    raise ValueError(
-        f"opt_state must hold exactly one Entropy-SGD state, found {len(found)}; "
-        "pass the state of a transform built with entropy_sgd, entropy_adam or "
-        "local_entropy."
-    )
-  return found[0]
+  return jax.tree.map(
+      lambda node: node._replace(carry=carry) if is_state(node) else node,
+      opt_state,
+      is_leaf=is_state,
+  )
 
 
 def anchor_params(opt_state: optax.OptState) -> optax.Params:
@@ -58,5 +97,15 @@ def fused_carry(opt_state: optax.OptState) -> Any:
   BatchNorm statistics) through every ``grad_fn(walker, batch, carry)``
   call of the inner loop and stores the final one in the state. None before
   the first such call.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, entropy_optax
+    >>> tx = entropy_optax.entropy_sgd(0.1, inner_steps=3)
+    >>> params = jnp.ones(2)
+    >>> count_calls = lambda p, batch, calls: (p, calls + 1)  # grads, new carry
+    >>> _, state = tx.update(params, tx.init(params), params, grad_fn=count_calls,
+    ...                      batches=jnp.zeros(2), carry=jnp.int32(1))
+    >>> int(entropy_optax.fused_carry(state))
+    3
   """
   return find_state(opt_state).carry

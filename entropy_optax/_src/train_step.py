@@ -9,22 +9,13 @@ import jax.numpy as jnp
 import optax
 
 from entropy_optax._src.state_utils import find_state
+from entropy_optax._src.state_utils import replace_carry
 from entropy_optax._src.transform import EntropySGDState
 
 
 def split_first(batches: Any) -> tuple[Any, Any]:
   """(first minibatch, the rest) of minibatches stacked along a leading axis."""
   return jax.tree.map(lambda a: a[0], batches), jax.tree.map(lambda a: a[1:], batches)
-
-
-def replace_carry(opt_state: optax.OptState, carry: Any) -> optax.OptState:
-  """``opt_state`` with its Entropy-SGD state's carry slot set to ``carry``."""
-  is_state = lambda node: isinstance(node, EntropySGDState)
-  return jax.tree.map(
-      lambda node: node._replace(carry=carry) if is_state(node) else node,
-      opt_state,
-      is_leaf=is_state,
-  )
 
 
 def holds_entropy_state(opt_state: optax.OptState) -> bool:

@@ -54,6 +54,14 @@ def hvp_fn(loss_fn: LossFn, params: Any, batches: Any) -> Callable[[Any], Any]:
 
   Returns:
     A function from a pytree like ``params`` to the pytree ``H v``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from entropy_optax import diagnostics
+    >>> loss = lambda p, batch: jnp.sum(batch * p**2)  # Hessian diag(2 * batch)
+    >>> hvp = diagnostics.hvp_fn(loss, jnp.zeros(2), jnp.array([[1.0, 2.0], [3.0, 4.0]]))
+    >>> hvp(jnp.ones(2))
+    Array([4., 6.], dtype=float32)
   """
   num_batches(batches)
   grad = jax.grad(loss_fn)
