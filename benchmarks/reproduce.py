@@ -382,7 +382,8 @@ def run_cell(task: Task, optimizer: str, seeds: Sequence[int], budget: Budget,
     curves["eff_epochs"].append(done)
     curves["metric"].append(metric)
     curves["train_loss"].append(np.asarray(loss, np.float64))
-    print(f"  {task.name:8s} {LABELS[optimizer]:12s} eff. epoch {done:4d}/{epochs}: "
+    label = "Entropy-Adam" if task.name == "charlstm" and optimizer == "entropy" else LABELS[optimizer]
+    print(f"  {task.name:8s} {label:12s} eff. epoch {done:4d}/{epochs}: "
           f"{task.metric} {' '.join(f'{m:.3f}' for m in metric)}  "
           f"({time.time() - start:.0f} s)", flush=True)
     if time.time() > deadline and done < epochs:
@@ -490,8 +491,8 @@ def write_report(out: pathlib.Path, runs: dict[str, Any]) -> str:
               f"{'windows of 50 characters' if task == 'charlstm' else 'images'}); "
               f"the paper used **{PAPER_DATA[task]}**, so its numbers are not directly comparable.",
               "", f"| optimizer | seeds | eff. epochs | final {metric} | best {metric} "
-              f"| paper ({PAPER_DATA[task]}) | wall s (seeds together) | command |",
-              "|---|---|---|---|---|---|---|---|"]
+              f"| paper ({PAPER_DATA[task]}) | wall s (seeds together) | run on | command |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for opt, recs in by_opt.items():
       if not recs:
         continue
@@ -502,10 +503,11 @@ def write_report(out: pathlib.Path, runs: dict[str, Any]) -> str:
       paper = PAPER[task].get(opt)
       paper_text = f"{paper[0]} ± {paper[1]} @ {paper[2]}" if paper else "-"
       walls = sorted({r["cell_seconds"] for r in recs})
+      devices = sorted({r.get("device", "?").split(",")[0] for r in recs})
       lines.append(
           f"| {label[opt]} | {len(recs)} | {reached}{partial} | {final[0]:.3f} ± {final[1]:.3f} "
           f"| {best[0]:.3f} ± {best[1]:.3f} | {paper_text} | {' + '.join(f'{w:.0f}' for w in walls)} "
-          f"| `{recs[0]['command']}` |")
+          f"| {', '.join(devices)} | `{recs[0]['command']}` |")
     if by_opt["entropy"]:
       lines += ["", "Verdict (final " + metric + "): " + "; ".join(
           f"{label['entropy']} vs {label[o]}: **{verdict([r['metric'][-1] for r in by_opt['entropy']], [r['metric'][-1] for r in by_opt[o]])}**"

@@ -130,9 +130,12 @@ def entropy_candidate(loss, inner_steps, **kwargs):
   grad_fn = jax.grad(loss)
 
   def run(params, state, batches):
-    first = jax.tree.map(lambda a: a[0], batches)
-    rest = jax.tree.map(lambda a: a[1:], batches)
-    updates, state = tx.update(grad_fn(params, first), state, params, grad_fn=grad_fn, batches=rest)
+    # Minibatch indices as the scanned batches: slicing batches[1:] would copy.
+    pick = lambda k: jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, k, keepdims=False), batches)
+    updates, state = tx.update(
+        grad_fn(params, pick(0)), state, params, grad_fn=lambda p, k: grad_fn(p, pick(k)),
+        batches=jnp.arange(1, inner_steps, dtype=jnp.int32),
+    )
     return optax.apply_updates(params, updates), state
 
   return tx, run
@@ -288,6 +291,60 @@ def measure(model_name: str, inner_steps: int, repeats: int, with_torch: bool) -
   return result
 
 
+UPDATE_STEPS = 50
+
+
+def update_costs(model_name: str, repeats: int) -> dict[str, float]:
+  """Milliseconds per step of the parameter updates alone, without gradients.
+
+  Each candidate scans ``UPDATE_STEPS`` updates over the model's params with a
+  fixed gradient: optax SGD-Nesterov's update, the Langevin step with the
+  paper's noise and without, and one read-modify-write pass over the params
+  (``p <- 0.5 p + g``), the unit of memory traffic. Candidates alternate;
+  medians over repetitions.
+  """
+  init, _ = MODELS[model_name]
+  params = init(jax.random.key(0))
+  grads = jax.tree.map(lambda p: jnp.full_like(p, 1e-3), params)
+  sgd = optax.sgd(0.1, momentum=MOMENTUM, nesterov=True)
+
+  def scan(step, carry):
+    return jax.jit(lambda c: jax.lax.scan(lambda c, k: (step(c, k), None), c,
+                                          jnp.arange(UPDATE_STEPS, dtype=jnp.int32))[0]), carry
+
+  def sgd_step(c, k):
+    p, s = c
+    u, s = sgd.update(grads, s, p)
+    return optax.apply_updates(p, u), s
+
+  def langevin(noise):
+    hp = entropy_optax.LangevinHyperparams(
+        gamma=0.03, langevin_lr=0.1, noise=noise, mu_decay=0.75, weight_decay=0.0,
+        inner_momentum=MOMENTUM, nesterov=True, draw_noise=noise > 0)
+
+    def step(c, k):
+      w, mu, m = c
+      out = entropy_optax.langevin_step(grads, w, params, mu, m, jax.random.fold_in(jax.random.key(0), k), hp)
+      return out.walker, out.mu, out.momentum
+
+    return step
+
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  candidates = {
+      "one_pass": scan(lambda p, k: jax.tree.map(lambda a, g: 0.5 * a + g, p, grads), params),
+      "sgd_update": scan(sgd_step, (params, sgd.init(params))),
+      "langevin_noise0": scan(langevin(0.0), (params, params, zeros)),
+      "langevin": scan(langevin(NOISE), (params, params, zeros)),
+  }
+  times: dict[str, list[float]] = {name: [] for name in candidates}
+  for fn, carry in candidates.values():
+    jax.block_until_ready(fn(carry))
+  for _ in range(repeats):
+    for name, (fn, carry) in candidates.items():
+      times[name].append(time_call(lambda: fn(carry)) / UPDATE_STEPS)
+  return {name: round(1e3 * statistics.median(ts), 3) for name, ts in times.items()}
+
+
 def machine() -> dict[str, Any]:
   cpu = platform.processor()
   try:
@@ -346,6 +403,23 @@ def write_markdown(path: pathlib.Path, command: str, info: dict, results: list[d
         f"{mem['optax_sgd']['optimizer_state']} | {mem['entropy_sgd']['fused_step_temp']} | "
         f"{mem['optax_sgd']['fused_step_temp']} |"
     )
+  lines += [
+      "",
+      f"The parameter updates alone (fixed gradient, no model: {UPDATE_STEPS} updates in one jitted scan), ms per",
+      "step, and as a fraction of one optax SGD step with its gradient (last column's unit). `one pass` is",
+      "one read-modify-write pass over the params (p <- 0.5 p + g), the unit of memory traffic:",
+      "",
+      "| model | one pass | SGD-Nesterov update | Langevin step, noise 0 | Langevin step, paper's noise | (Langevin - SGD update) / SGD step at L |",
+      "|---|---|---|---|---|---|",
+  ]
+  for r in results:
+    u = r["update_ms"]
+    sgd_ms = r["ms_per_grad"]["optax_sgd"]
+    lines.append(
+        f"| {r['model']} | {u['one_pass']:.2f} | {u['sgd_update']:.2f} | "
+        f"{u['langevin_noise0']:.2f} | {u['langevin']:.2f} | "
+        f"{(u['langevin'] - u['sgd_update']) / sgd_ms:.3f} (L={r['inner_steps']}) |"
+    )
   path.write_text("\n".join(lines) + "\n")
 
 
@@ -371,8 +445,10 @@ def main(argv: list[str] | None = None) -> None:
   out.parent.mkdir(parents=True, exist_ok=True)
   results = []
   for model_name in args.models:
+    updates_ms = update_costs(model_name, args.repeats)
     for inner_steps in args.inner_steps:
       result = measure(model_name, inner_steps, args.repeats, with_torch)
+      result["update_ms"] = updates_ms
       results.append(result)
       print(json.dumps(result), flush=True)
       out.with_suffix(".json").write_text(

@@ -164,3 +164,42 @@ def test_fused_mode_with_carry_compiles_once_when_the_state_is_seeded():
     params, state = step(params, state)
   assert len(traces) == 1
   assert int(state.count) == 3
+
+
+@pytest.mark.parametrize("abandon", [False, True], ids=["trained", "abandoned"])
+def test_fused_mode_reads_only_params_not_the_states_walker_buffers(abandon):
+  """A fused step restarts the walker at params (its anchor), mu at params and
+  the momentum at zero: it reuses the buffers of state.anchor, state.mu and
+  state.momentum for its inner loop but never reads their values, and it
+  leaves the invariant of an outer step's start (mu = anchor, momentum = 0)."""
+  params, batches = _mlp_problem(4)
+  tx = entropy_optax.entropy_sgd(0.5, inner_steps=4, momentum=0.9, inner_momentum=0.9,
+                                 noise=1e-2, key=3)
+  grad_fn = jax.grad(harness.mlp_loss)
+  if abandon:  # a NaN gradient on the third minibatch abandons the outer step
+    batches = jax.tree.map(lambda a: a.at[2].multiply(jnp.nan), batches)
+
+  @jax.jit
+  def step(params, state):
+    rest = jax.tree.map(lambda a: a[1:], batches)
+    first = jax.tree.map(lambda a: a[0], batches)
+    return tx.update(grad_fn(params, first), state, params, grad_fn=grad_fn, batches=rest)
+
+  clean = tx.init(params)
+  poison = lambda tree: jax.tree.map(lambda a: jnp.full_like(a, jnp.nan), tree)
+  dirty = clean._replace(anchor=poison(clean.anchor), mu=poison(clean.mu),
+                         momentum=poison(clean.momentum))
+  (u_clean, s_clean), (u_dirty, s_dirty) = step(params, clean), step(params, dirty)
+  for a, b in zip(jax.tree.leaves((u_clean, s_clean)), jax.tree.leaves((u_dirty, s_dirty))):
+    np.testing.assert_array_equal(a, b)
+  new_params = optax.apply_updates(params, u_clean)
+  assert int(s_clean.skipped) == int(abandon)
+  for p, anchor, mu, m in zip(*map(jax.tree.leaves, (new_params, s_clean.anchor, s_clean.mu,
+                                                     s_clean.momentum))):
+    np.testing.assert_array_equal(anchor, p)
+    np.testing.assert_array_equal(mu, p)
+    np.testing.assert_array_equal(m, np.zeros_like(m))
+    assert not np.signbit(m).any()
+  if abandon:
+    for p, q in zip(jax.tree.leaves(new_params), jax.tree.leaves(params)):
+      np.testing.assert_array_equal(p, q)

@@ -16,7 +16,8 @@ import optax
 from entropy_optax._src.state_utils import anchor_params
 from entropy_optax._src.state_utils import find_state
 from entropy_optax._src.state_utils import replace_carry
-from entropy_optax._src.train_step import split_first
+from entropy_optax._src.train_step import minibatch_picker
+from entropy_optax._src.train_step import steps_of
 
 if TYPE_CHECKING:
   from flax import nnx
@@ -161,15 +162,18 @@ def nnx_fused_update(
   wrt = optimizer.wrt
   value_and_grad = _nnx_value_and_grad(model, loss_fn, wrt, has_aux)
 
-  def grad_fn(params, batch, carry):
+  # The scan runs over minibatch indices: ``batches[1:]`` would be copied.
+  pick = minibatch_picker(batches)
+  steps = steps_of(batches)
+
+  def grad_fn(params, k, carry):
     rest, loss_sum, aux_sum = carry
-    (loss, aux), grads, rest = value_and_grad(params, rest, batch)
+    (loss, aux), grads, rest = value_and_grad(params, rest, pick(k))
     aux_sum = jax.tree.map(jnp.add, aux_sum, aux) if has_aux else None
     return grads, (rest, loss_sum + loss, aux_sum)
 
-  first, rest_batches = split_first(batches)
   out, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, wrt), has_aux=has_aux)(
-      model, first
+      model, pick(0)
   )
   loss, aux = out if has_aux else (out, None)
   aux = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), aux) if has_aux else None
@@ -178,12 +182,13 @@ def nnx_fused_update(
   # nnx.Optimizer writes the new state into the old one leaf by leaf, so the
   # carry slot must already have the carry's structure: seed it, then empty it.
   _set_nnx_carry(optimizer, carry)
-  optimizer.update(model, grads, grad_fn=grad_fn, batches=rest_batches, carry=carry)
+  optimizer.update(
+      model, grads, grad_fn=grad_fn, batches=jnp.arange(1, steps, dtype=jnp.int32), carry=carry
+  )
   rest, loss_sum, aux_sum = find_state(nnx.as_pure(optimizer.opt_state)).carry
   _set_nnx_carry(optimizer, None)
   nnx.update(model, rest)
 
-  steps = jax.tree.leaves(batches)[0].shape[0]
   metrics = {"loss": loss_sum / steps}
   if has_aux:
     metrics["aux"] = jax.tree.map(lambda a: a / steps, aux_sum)

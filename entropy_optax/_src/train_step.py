@@ -13,9 +13,16 @@ from entropy_optax._src.state_utils import replace_carry
 from entropy_optax._src.transform import EntropySGDState
 
 
-def split_first(batches: Any) -> tuple[Any, Any]:
-  """(first minibatch, the rest) of minibatches stacked along a leading axis."""
-  return jax.tree.map(lambda a: a[0], batches), jax.tree.map(lambda a: a[1:], batches)
+def steps_of(batches: Any) -> int:
+  """The length of the leading (minibatch) axis of stacked minibatches."""
+  return jax.tree.leaves(batches)[0].shape[0]
+
+
+def minibatch_picker(batches: Any) -> Callable[[Any], Any]:
+  """``pick(k)``: minibatch ``k`` of ``batches`` (k may be traced), no copy."""
+  return lambda k: jax.tree.map(
+      lambda a: jax.lax.dynamic_index_in_dim(a, k, keepdims=False), batches
+  )
 
 
 def holds_entropy_state(opt_state: optax.OptState) -> bool:
@@ -116,10 +123,14 @@ def make_train_step(
     return grads, (model_state, loss.astype(jnp.float32), aux_sum)
 
   def fused(params, opt_state, batches, model_state):
-    first, rest = split_first(batches)
-    grads, carry = first_carry(params, model_state, first)
+    # The scan runs over minibatch indices, not over ``batches[1:]``, which
+    # XLA would copy.
+    pick = minibatch_picker(batches)
+    grads, carry = first_carry(params, model_state, pick(0))
     updates, new_state = tx.update(
-        grads, opt_state, params, grad_fn=grad_and_carry, batches=rest, carry=carry
+        grads, opt_state, params,
+        grad_fn=lambda p, k, c: grad_and_carry(p, pick(k), c),
+        batches=jnp.arange(1, steps_of(batches), dtype=jnp.int32), carry=carry,
     )
     carry = find_state(new_state).carry
     return optax.apply_updates(params, updates), replace_carry(
@@ -131,15 +142,19 @@ def make_train_step(
       updates, opt_state = tx.update(grads, opt_state, params)
       return optax.apply_updates(params, updates), opt_state
 
-    def scan_body(loop, batch):
+    pick = minibatch_picker(batches)
+
+    def scan_body(loop, k):
       params, opt_state, carry = loop
-      grads, carry = grad_and_carry(params, batch, carry)
+      grads, carry = grad_and_carry(params, pick(k), carry)
       return (*apply(params, opt_state, grads), carry), None
 
-    first, rest = split_first(batches)
-    grads, carry = first_carry(params, model_state, first)
+    grads, carry = first_carry(params, model_state, pick(0))
     params, opt_state = apply(params, opt_state, grads)
-    (params, opt_state, carry), _ = jax.lax.scan(scan_body, (params, opt_state, carry), rest)
+    (params, opt_state, carry), _ = jax.lax.scan(
+        scan_body, (params, opt_state, carry),
+        jnp.arange(1, steps_of(batches), dtype=jnp.int32),
+    )
     return params, opt_state, carry
 
   def step(params, opt_state, batches, model_state=None, key=None):

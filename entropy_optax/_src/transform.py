@@ -300,9 +300,8 @@ def local_entropy(
     )
     return step, inner_state
 
-  def outer_updates(anchor, mu, state, extra):
-    """The outer step's updates of the anchor and the outer state."""
-    d = jax.tree.map(lambda x, m: x - m, anchor, mu)
+  def outer_updates(anchor, d, state, extra):
+    """The outer step's updates of the anchor and the outer state from D = x - mu."""
     if scale_by_gamma:
       g = schedules.evaluate(gamma, state.count)
       d = jax.tree.map(lambda leaf: jnp.asarray(g, leaf.dtype) * leaf, d)
@@ -328,7 +327,8 @@ def local_entropy(
     )
 
     def finish_outer_step():
-      updates, outer_state = outer_updates(state.anchor, step.mu, state, extra)
+      d = jax.tree.map(lambda x, m: x - m, state.anchor, step.mu)
+      updates, outer_state = outer_updates(state.anchor, d, state, extra)
       # Both lax.cond branches must return the state's types, whatever dtype
       # the outer transform's arithmetic promotes to.
       outer_state = _cast_like(outer_state, state.outer_state)
@@ -376,47 +376,89 @@ def local_entropy(
       )
     threads_carry = carry is not None
     anchor = params
-    momentum = optax.tree.zeros_like(params) if use_momentum else None
+    zeros = lambda tree: None if tree is None else optax.tree.zeros_like(tree)
 
-    def langevin(loop, grads, k):
-      walker, mu, momentum, inner_state, carry = loop
+    def langevin(walker, mu, momentum, inner_state, grads, k):
       step, inner_state = inner_step(
           grads, walker, mu, momentum, inner_state, anchor, state, k, extra
       )
-      return (step.walker, step.mu, step.momentum, inner_state, carry)
+      return step.walker, step.mu, step.momentum, inner_state
 
-    loop = langevin((params, params, momentum, state.inner_state, carry), grads, 0)
-
+    # Memory: the loop carries the walker, mu and momentum in the buffers of
+    # state.anchor, state.mu and state.momentum (their values are not read:
+    # the first step restarts them), so that, donated, the state holds the
+    # inner loop in place. Iteration k takes Langevin step k, then computes
+    # the gradient of step k + 1; the last step runs after the loop, fused
+    # with the outer step. The loop carries nu = mu - alpha^k x, which starts
+    # at 0, instead of mu, which starts at x: same recurrence, and no read of
+    # x to restart it.
     def scan_body(loop, xs):
       k, batch = xs
-      walker, carry = loop[0], loop[-1]
+      walker, nu, momentum, grads, inner_state, carry = loop
+      restart = lambda tree, start: jax.tree.map(
+          lambda a, b: jnp.where(k == 0, b, a), tree, start
+      )
+      walker, nu, momentum, inner_state = langevin(
+          restart(walker, anchor),
+          restart(nu, zeros(nu)),
+          None if momentum is None else restart(momentum, zeros(momentum)),
+          inner_state, grads, k,
+      )
       if threads_carry:
-        grads, carry = grad_fn(walker, batch, carry)
+        new_grads, carry = grad_fn(walker, batch, carry)
       else:
-        grads = grad_fn(walker, batch)
-      _check_like_params("grads returned by grad_fn", grads, walker)
-      return langevin(loop[:-1] + (carry,), grads, k), None
+        new_grads = grad_fn(walker, batch)
+      _check_like_params("grads returned by grad_fn", new_grads, walker)
+      return (walker, nu, momentum, _cast_like(new_grads, grads), inner_state, carry), None
 
     if inner_steps > 1:
-      steps = jnp.arange(1, inner_steps, dtype=jnp.int32)
+      like_params = lambda tree: None if tree is None else _cast_like(tree, params)
+      loop = (like_params(state.anchor), like_params(state.mu), like_params(state.momentum),
+              _cast_like(grads, grads), state.inner_state, carry)
+      steps = jnp.arange(inner_steps - 1, dtype=jnp.int32)
       loop, _ = jax.lax.scan(scan_body, loop, (steps, batches), length=inner_steps - 1)
-    _, mu, _, inner_state, new_carry = loop
+      walker, nu, momentum, grads, inner_state, new_carry = loop
+    else:
+      walker, nu, momentum = anchor, zeros(anchor), zeros(state.momentum)
+      inner_state, new_carry = state.inner_state, carry
+    loop_momentum = momentum
+    _, nu, momentum, inner_state = langevin(
+        walker, nu, momentum, inner_state, grads, inner_steps - 1
+    )
+    mu = jax.tree.map(
+        lambda n, x: n + jnp.asarray(mu_decay, n.dtype) ** inner_steps * x, nu, anchor
+    )
 
     stored_carry = new_carry if threads_carry else state.carry
-    updates, outer_state = outer_updates(anchor, mu, state, extra)
+    d = jax.tree.map(lambda x, m: x - m, anchor, mu)
+    updates, outer_state = outer_updates(anchor, d, state, extra)
     outer_state = _cast_like(outer_state, state.outer_state)
     new_anchor = optax.apply_updates(anchor, updates)
-    # Every walker feeds mu with weight 1 - alpha > 0, so mu sees any
-    # non-finite walker of the inner loop; the outer transform can still
-    # overflow on a finite D (Adam in float16, say).
-    finite = _all_finite(mu) & _all_finite(new_anchor) & _all_finite(stored_carry)
+    # Every walker feeds mu with weight 1 - alpha > 0, so mu, and D = x - mu,
+    # see any non-finite walker of the inner loop (or anchor); the outer
+    # transform can still overflow on a finite D (Adam in float16, say).
+    finite = _all_finite(d) & _all_finite(new_anchor) & _all_finite(stored_carry)
     trained = next_outer_state(state, new_anchor, outer_state, inner_state, stored_carry)
+    # The state as it came in (an outer step starts with mu at the anchor
+    # and zero momentum), rebuilt because the loop reused its buffers.
     abandoned = state._replace(
-        skipped=state.skipped + 1, carry=carry if threads_carry else state.carry
+        anchor=anchor,
+        mu=anchor,
+        skipped=state.skipped + 1,
+        carry=carry if threads_carry else state.carry,
     )
+    new_state = _select(finite, trained, abandoned)
+    if momentum is not None:
+      # Zeros either way (+0, whatever m holds), written as a function of
+      # the loop's momentum and of ``finite`` so that XLA schedules them last,
+      # into the loop's buffer: a constant would cost a copy of the buffer.
+      zero_after = lambda m: jnp.where(
+          finite, 0, jnp.where(jnp.isfinite(m), jnp.abs(m) * 0, 0)
+      ).astype(m.dtype)
+      new_state = new_state._replace(momentum=jax.tree.map(zero_after, loop_momentum))
     return (
         _select(finite, updates, optax.tree.zeros_like(updates)),
-        _select(finite, trained, abandoned),
+        new_state,
     )
 
   def update_fn(
