@@ -32,9 +32,10 @@ class EntropySGDState(NamedTuple):
   anchor: optax.Params
   """The anchor x: the weights to evaluate."""
   mu: optax.Params
-  """Running mean of the walker, the estimate of <x'>."""
+  """Running mean of the walker, the estimate of <x'>; equal to the anchor
+  between outer steps."""
   momentum: Optional[optax.Params]
-  """Inner momentum buffer m, reset every outer step; None when the inner
+  """Inner momentum buffer m, zero between outer steps; None when the inner
   momentum is the constant 0."""
   key: jax.Array
   """Raw uint32 PRNG key data; constant: each step folds in its counters."""
@@ -160,7 +161,11 @@ def local_entropy(
     called as ``grad_fn(walker, batch, carry) -> (grads, carry)``: thread
     mutable model state (BatchNorm statistics) through it, and put per-step
     randomness (dropout keys) in ``batches``. The final carry is stored in
-    the state (:func:`entropy_optax.fused_carry` reads it).
+    the state (:func:`entropy_optax.fused_carry` reads it). The scan runs in
+    the buffers of the state's anchor, mu and momentum (it never reads
+    their values): jit the step with the state donated and it needs about
+    one params' worth of temporaries. ``batches`` can be minibatch indices
+    that ``grad_fn`` looks up, which spares XLA a copy of ``data[1:]``.
 
   A non-finite walker, anchor or carry anywhere in an outer step abandons it:
   params go back to (fused: stay at) the anchor, the state is unchanged but

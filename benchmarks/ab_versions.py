@@ -1,0 +1,112 @@
+"""A/B timing of the fused Entropy-SGD step: this checkout against an older commit, in one process.
+
+Timings taken in separate runs on a shared machine are not comparable; this
+script imports the package at ``--ref`` (extracted with ``git archive`` into a
+temporary folder and renamed ``entropy_optax_ref``) beside the working tree's,
+compiles the same fused outer step with both (mnistfc MLP, batch 128, the
+paper's noise, inner and outer Nesterov 0.9, optax SGD-Nesterov as the unit)
+and times them alternately (SGD, ref, new, ref noise 0, new noise 0, ...).
+It prints, per candidate, the median over repetitions of its time per gradient
+over SGD's in the same repetition, and the compiled step's temporaries (params
+and state donated) as multiples of the parameter bytes.
+
+Usage::
+
+  python benchmarks/ab_versions.py --ref eb2b279 --inner-steps 5 20 --repeats 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pathlib
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import entropy_optax
+import speed
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def import_ref(ref: str, folder: pathlib.Path):
+  """The package as of git ``ref``, importable as ``entropy_optax_ref``."""
+  archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "entropy_optax"],
+                           check=True, capture_output=True).stdout
+  subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+  package = folder / "entropy_optax_ref"
+  (folder / "entropy_optax").rename(package)
+  for path in package.rglob("*.py"):
+    text = path.read_text()
+    path.write_text(text.replace("entropy_optax", "entropy_optax_ref"))
+  sys.path.insert(0, str(folder))
+  return importlib.import_module("entropy_optax_ref")
+
+
+def fused_step(module, loss, inner_steps: int, noise: float):
+  """The jitted fused outer step of ``module.entropy_sgd`` and its initial state."""
+  tx = module.entropy_sgd(1.0, inner_steps=inner_steps, gamma=0.03, langevin_lr=0.1, mu_decay=0.75,
+                          inner_momentum=speed.MOMENTUM, momentum=speed.MOMENTUM, nesterov=True,
+                          noise=noise)
+  grad_fn = jax.grad(loss)
+
+  def run(params, state, batches):
+    pick = lambda k: jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, k, keepdims=False), batches)
+    updates, state = tx.update(grad_fn(params, pick(0)), state, params,
+                               grad_fn=lambda p, k: grad_fn(p, pick(k)),
+                               batches=jnp.arange(1, inner_steps, dtype=jnp.int32))
+    return optax.apply_updates(params, updates), state
+
+  return run, tx
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--ref", required=True, help="git commit (or any ref) to compare against")
+  parser.add_argument("--inner-steps", nargs="+", type=int, default=[5, 20])
+  parser.add_argument("--repeats", type=int, default=40)
+  args = parser.parse_args(argv)
+  with tempfile.TemporaryDirectory() as tmp:
+    ref = import_ref(args.ref, pathlib.Path(tmp))
+    init, apply = speed.MODELS["mnistfc"]
+    loss = speed.make_loss(apply)
+    params = init(jax.random.key(0))
+    param_bytes = speed.tree_bytes(params)
+    for inner_steps in args.inner_steps:
+      rng = np.random.default_rng(0)
+      batches = {"x": jnp.asarray(rng.normal(size=(inner_steps, speed.BATCH, 784)).astype(np.float32)),
+                 "y": jnp.asarray(rng.integers(0, 10, size=(inner_steps, speed.BATCH)).astype(np.int32))}
+      sgd_tx, sgd_run = speed.sgd_candidate(loss, inner_steps)
+      candidates = {"sgd": (sgd_run, sgd_tx)}
+      for noise, suffix in ((speed.NOISE, ""), (0.0, " noise 0")):
+        candidates[f"ref {args.ref}{suffix}"] = fused_step(ref, loss, inner_steps, noise)
+        candidates[f"new{suffix}"] = fused_step(entropy_optax, loss, inner_steps, noise)
+      calls, temps = {}, {}
+      for name, (run, tx) in candidates.items():
+        state = tx.init(params)
+        donated = jax.jit(run, donate_argnums=(0, 1)).lower(params, state, batches).compile()
+        temps[name] = donated.memory_analysis().temp_size_in_bytes / param_bytes
+        calls[name] = (jax.jit(run), state)
+        jax.block_until_ready(calls[name][0](params, state, batches))
+      times = {name: [] for name in calls}
+      for _ in range(args.repeats):
+        for name, (fn, state) in calls.items():
+          start = time.perf_counter()
+          jax.block_until_ready(fn(params, state, batches))
+          times[name].append(time.perf_counter() - start)
+      print(f"mnistfc, L = {inner_steps}, {args.repeats} repetitions:")
+      for name, ts in times.items():
+        ratio = statistics.median(t / s for t, s in zip(ts, times["sgd"]))
+        print(f"  {name:24s} {ratio:.3f}x SGD per gradient   temporaries {temps[name]:.2f}x params")
+
+
+if __name__ == "__main__":
+  main()
