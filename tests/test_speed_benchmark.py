@@ -1,0 +1,53 @@
+"""The speed benchmark's plumbing, on a tiny budget: it reports every candidate,
+each compiled once, and XLA's memory analysis; the A/B script compares two
+checkouts in one process. No timing is asserted: times are the benchmark's
+business (benchmarks/results/speed.md), not the tests'."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import speed  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def test_speed_reports_every_candidate_compiled_once_and_its_memory(tmp_path):
+  out = tmp_path / "speed"
+  speed.main(["--models", "mnistfc", "--inner-steps", "2", "--repeats", "1", "--no-torch",
+              "--out", str(out)])
+  report = json.loads(out.with_suffix(".json").read_text())
+  (result,) = report["results"]
+  candidates = {"optax_sgd", "entropy_sgd", "entropy_sgd_threefry", "entropy_sgd_noise0"}
+  assert set(result["compilations"]) == candidates
+  assert set(result["compilations"].values()) == {1}
+  assert set(result["ratio_to_optax_sgd"]) == candidates
+  memory = result["memory_x_params"]
+  # The state: anchor, mu, inner momentum and the outer trace, exactly.
+  assert memory["entropy_sgd"]["optimizer_state"] == 4.0
+  assert all(m["fused_step_temp"] > 0 for m in memory.values())
+  assert set(result["update_ms"]) == {"one_pass", "sgd_update", "langevin_noise0", "langevin"}
+  markdown = out.with_suffix(".md").read_text()
+  assert "| mnistfc | 2 |" in markdown and "Langevin step, paper's noise" in markdown
+
+
+def test_ab_versions_compares_a_commit_with_the_checkout(capsys):
+  try:
+    subprocess.run(["git", "-C", str(BENCHMARKS.parent), "rev-parse", "HEAD"], check=True,
+                   capture_output=True)
+  except (OSError, subprocess.CalledProcessError):
+    pytest.skip("not a git checkout")
+  import ab_versions
+
+  ab_versions.main(["--ref", "HEAD", "--inner-steps", "2", "--repeats", "1"])
+  lines = capsys.readouterr().out.splitlines()
+  names = [line.split("  ")[1].strip() for line in lines[1:]]
+  assert lines[0] == "mnistfc, L = 2, 1 repetitions:"
+  assert names == ["sgd", "ref HEAD", "new", "ref HEAD noise 0", "new noise 0"]
+  assert all("x SGD per gradient" in line and "temporaries" in line for line in lines[1:])
