@@ -203,3 +203,31 @@ def test_fused_mode_reads_only_params_not_the_states_walker_buffers(abandon):
   if abandon:
     for p, q in zip(jax.tree.leaves(new_params), jax.tree.leaves(params)):
       np.testing.assert_array_equal(p, q)
+
+
+def test_unroll_computes_what_the_loop_computes():
+  """``unroll`` only changes how XLA compiles the fused scan (and the plain
+  optax path of make_train_step): the same numbers, to float rounding."""
+  params, batches = _mlp_problem(8)
+  kwargs = dict(inner_steps=4, noise=1e-2, momentum=0.9, inner_momentum=0.9, key=5)
+  rolled, s_rolled = harness.run_fused(entropy_optax.entropy_sgd(0.5, **kwargs), params, batches, 4)
+  unrolled, s_unrolled = harness.run_fused(
+      entropy_optax.entropy_sgd(0.5, unroll=True, **kwargs), params, batches, 4)
+  for a, b in zip(jax.tree.leaves((rolled, s_rolled)), jax.tree.leaves((unrolled, s_unrolled))):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  loss = lambda p, batch: harness.mlp_loss(p, batch)
+  tx = optax.sgd(0.1, momentum=0.9)
+  results = []
+  for unroll in (1, True):
+    step = entropy_optax.make_train_step(loss, tx, donate=False, unroll=unroll)
+    results.append(step(params, tx.init(params), batches)[0])
+  for a, b in zip(*map(jax.tree.leaves, results)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("unroll", [0, -1, 1.5, "yes", None])
+def test_bad_unroll_is_rejected_by_name(unroll):
+  with pytest.raises((TypeError, ValueError), match="unroll"):
+    entropy_optax.entropy_sgd(0.1, unroll=unroll)
+  with pytest.raises((TypeError, ValueError), match="unroll"):
+    entropy_optax.make_train_step(harness.mlp_loss, optax.sgd(0.1), unroll=unroll)

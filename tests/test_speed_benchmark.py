@@ -51,3 +51,14 @@ def test_ab_versions_compares_a_commit_with_the_checkout(capsys):
   assert lines[0] == "mnistfc, L = 2, 1 repetitions:"
   assert names == ["sgd", "ref HEAD", "new", "ref HEAD noise 0", "new noise 0"]
   assert all("x SGD per gradient" in line and "temporaries" in line for line in lines[1:])
+
+
+def test_conv_in_loop_reports_every_program(tmp_path):
+  import conv_in_loop
+
+  text = conv_in_loop.main(["--inner-steps", "2", "--repeats", "1", "--out", str(tmp_path / "c.md")])
+  rows = [line for line in text.splitlines() if line.startswith("| optax") or line.startswith("| Entropy")]
+  assert len(rows) == 4
+  # Unrolled, no loop is left to keep a convolution on the slow path.
+  unrolled = [row for row in rows if "unrolled" in row or "unroll=True" in row]
+  assert len(unrolled) == 2 and all(row.split("|")[4].strip().startswith("0 of") for row in unrolled)

@@ -28,6 +28,7 @@ def entropy_sgd(
     key: Any = 0,
     inner: Optional[optax.GradientTransformation] = None,
     noise_generator: str = "hash",
+    unroll: int | bool = 1,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Entropy-SGD (Chaudhari et al., 2017) as an optax transform.
 
@@ -71,6 +72,8 @@ def entropy_sgd(
       :func:`local_entropy`).
     noise_generator: ``"hash"`` (default, fast), ``"hash_erfinv"`` or
       ``"threefry"``; see :func:`local_entropy`.
+    unroll: fused mode's scan unroll; ``True`` for convolutional nets on
+      CPU. See :func:`local_entropy`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -116,6 +119,7 @@ def entropy_sgd(
       key=key,
       inner=inner,
       noise_generator=noise_generator,
+      unroll=unroll,
   )
 
 
@@ -137,6 +141,7 @@ def entropy_adam(
     key: Any = 0,
     inner: Optional[optax.GradientTransformation] = None,
     noise_generator: str = "hash",
+    unroll: int | bool = 1,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Entropy-Adam: Entropy-SGD whose outer step is Adam on D = x - mu.
 
@@ -162,6 +167,7 @@ def entropy_adam(
     inner: optional transform applied to every Langevin gradient.
     noise_generator: ``"hash"`` (default, fast), ``"hash_erfinv"`` or
       ``"threefry"``.
+    unroll: fused mode's scan unroll; see :func:`local_entropy`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -197,4 +203,5 @@ def entropy_adam(
       key=key,
       inner=inner,
       noise_generator=noise_generator,
+      unroll=unroll,
   )

@@ -122,6 +122,7 @@ def parle(
     key: Any = 0,
     inner: Optional[optax.GradientTransformation] = None,
     noise_generator: str = "hash",
+    unroll: int | bool = 1,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Parle (Chaudhari et al., 2017): replicated Entropy-SGD with elastic coupling.
 
@@ -189,6 +190,7 @@ def parle(
     inner: an optional transform applied to every Langevin gradient of every
       replica (see :func:`local_entropy`).
     noise_generator: the noise generator, see :func:`local_entropy`.
+    unroll: fused mode's scan unroll, see :func:`local_entropy`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is a
@@ -245,6 +247,7 @@ def parle(
       key=key,
       inner=inner,
       noise_generator=noise_generator,
+      unroll=unroll,
   )
 
   def move_reference(reference: optax.Params, anchors: optax.Params) -> optax.Params:

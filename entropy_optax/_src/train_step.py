@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from entropy_optax._src import validation
 from entropy_optax._src.state_utils import find_state
 from entropy_optax._src.state_utils import replace_carry
 from entropy_optax._src.transform import EntropySGDState
@@ -42,6 +43,7 @@ def make_train_step(
     has_aux: bool = False,
     has_state: bool = False,
     donate: bool = True,
+    unroll: int | bool = 1,
 ) -> Callable[..., tuple[Any, ...]]:
   """A jitted train step over K minibatches: one outer step of Entropy-SGD.
 
@@ -73,6 +75,10 @@ def make_train_step(
     donate: donate the params, opt_state and model_state buffers to the
       step, so that they are updated in place; do not reuse the arrays you
       pass in.
+    unroll: ``lax.scan``'s unroll for the K ordinary steps of a plain optax
+      transform (an Entropy-SGD transform takes its own ``unroll=``). On CPU,
+      convolutional nets want ``True``: XLA's CPU backend runs a convolution's
+      weight gradient inside a loop several times slower.
 
   Returns:
     ``step(params, opt_state, batches, model_state=None, key=None)``, jitted,
@@ -150,12 +156,16 @@ def make_train_step(
       return (*apply(params, opt_state, grads), carry), None
 
     grads, carry = first_carry(params, model_state, pick(0))
-    params, opt_state = apply(params, opt_state, grads)
-    (params, opt_state, carry), _ = jax.lax.scan(
-        scan_body, (params, opt_state, carry),
-        jnp.arange(1, steps_of(batches), dtype=jnp.int32),
-    )
-    return params, opt_state, carry
+    loop = (*apply(params, opt_state, grads), carry)
+    rest = steps_of(batches) - 1
+    if unroll is True or 1 < unroll and rest <= unroll:
+      for k in range(1, rest + 1):  # no loop at all: lax.scan keeps a one-trip loop
+        loop, _ = scan_body(loop, k)
+    else:
+      loop, _ = jax.lax.scan(
+          scan_body, loop, jnp.arange(1, rest + 1, dtype=jnp.int32), unroll=unroll
+      )
+    return loop
 
   def step(params, opt_state, batches, model_state=None, key=None):
     steps = jax.tree.leaves(batches)[0].shape[0]
@@ -171,5 +181,6 @@ def make_train_step(
       return params, opt_state, metrics, model_state
     return params, opt_state, metrics
 
+  unroll = validation.check_unroll(unroll)
   donated = ("params", "opt_state", "model_state") if donate else ()
   return jax.jit(step, donate_argnames=donated)

@@ -132,6 +132,7 @@ def local_entropy(
     key: Any = 0,
     inner: Optional[optax.GradientTransformation] = None,
     noise_generator: noise_lib.NoiseGenerator = "hash",
+    unroll: int | bool = 1,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Entropy-SGD around any outer optax transform.
 
@@ -201,6 +202,13 @@ def local_entropy(
       erfinv); or ``"threefry"``, ``jax.random.normal``. All are N(0, 1)
       draws, reproducible from the key and independent of sharding; they
       draw different numbers (see ``entropy_optax._src.noise``).
+    unroll: fused mode's ``lax.scan`` unroll: 1 (default) keeps the inner
+      loop a loop; ``True`` unrolls it. Same numbers either way. On XLA's CPU
+      backend a convolution's weight gradient inside a loop runs several times
+      slower than outside one (LeNet: ~300 ms against ~65 ms per gradient,
+      ``benchmarks/results/cpu_conv_in_loop.md``), so CPU users of
+      convolutional nets want ``True``; it costs compile time and the
+      in-place loop (the step then needs more memory).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``. Extra keyword arguments
@@ -241,6 +249,7 @@ def local_entropy(
         f"{type(inner).__name__}."
     )
   inner_steps = validation.check_inner_steps(inner_steps)
+  unroll = validation.check_unroll(unroll)
   validation.check_non_negative("gamma", gamma)
   validation.check_positive("langevin_lr", langevin_lr)
   validation.check_non_negative("noise", noise)
@@ -420,8 +429,16 @@ def local_entropy(
       like_params = lambda tree: None if tree is None else _cast_like(tree, params)
       loop = (like_params(state.anchor), like_params(state.mu), like_params(state.momentum),
               _cast_like(grads, grads), state.inner_state, carry)
-      steps = jnp.arange(inner_steps - 1, dtype=jnp.int32)
-      loop, _ = jax.lax.scan(scan_body, loop, (steps, batches), length=inner_steps - 1)
+      if unroll is True or 1 < unroll and inner_steps - 1 <= unroll:
+        # Fully unrolled: no loop at all (lax.scan keeps a one-trip loop).
+        for k in range(inner_steps - 1):
+          batch = jax.tree.map(lambda a, k=k: a[k], batches)
+          loop, _ = scan_body(loop, (jnp.asarray(k, jnp.int32), batch))
+      else:
+        steps = jnp.arange(inner_steps - 1, dtype=jnp.int32)
+        loop, _ = jax.lax.scan(
+            scan_body, loop, (steps, batches), length=inner_steps - 1, unroll=unroll
+        )
       walker, nu, momentum, grads, inner_state, new_carry = loop
     else:
       walker, nu, momentum = anchor, zeros(anchor), zeros(state.momentum)

@@ -100,3 +100,17 @@ def check_bool(name: str, value: Any) -> bool:
   if not isinstance(value, (bool, np.bool_)):
     raise TypeError(f"{name} must be a bool, got {value!r}.")
   return bool(value)
+
+
+def check_unroll(unroll: Any) -> Any:
+  """``lax.scan``'s ``unroll``: a bool, or a static int >= 1."""
+  if isinstance(unroll, (bool, np.bool_)):
+    return bool(unroll)
+  if isinstance(unroll, jax.core.Tracer) or not isinstance(unroll, numbers.Integral):
+    raise TypeError(
+        "unroll must be a bool or a static Python int >= 1 (lax.scan's unroll), "
+        f"got {unroll!r} of type {type(unroll).__name__}."
+    )
+  if unroll < 1:
+    raise ValueError(f"unroll must be >= 1 (or True for a full unroll), got {unroll}.")
+  return int(unroll)
