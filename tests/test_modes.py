@@ -218,7 +218,7 @@ def test_unroll_computes_what_the_loop_computes():
   loss = lambda p, batch: harness.mlp_loss(p, batch)
   tx = optax.sgd(0.1, momentum=0.9)
   results = []
-  for unroll in (1, True):
+  for unroll in (False, True):
     step = entropy_optax.make_train_step(loss, tx, donate=False, unroll=unroll)
     results.append(step(params, tx.init(params), batches)[0])
   for a, b in zip(*map(jax.tree.leaves, results)):
@@ -231,3 +231,18 @@ def test_bad_unroll_is_rejected_by_name(unroll):
     entropy_optax.entropy_sgd(0.1, unroll=unroll)
   with pytest.raises((TypeError, ValueError), match="unroll"):
     entropy_optax.make_train_step(harness.mlp_loss, optax.sgd(0.1), unroll=unroll)
+
+
+def test_unroll_passes_through_inject_hyperparams():
+  """A bool is not injected; an int must be a static arg, and says so."""
+  params, batches = _mlp_problem(4)
+  for kwargs in (dict(unroll=True), dict(unroll=3, static_args=("inner_steps", "unroll"))):
+    static = kwargs.pop("static_args", ("inner_steps",))
+    tx = optax.inject_hyperparams(entropy_optax.entropy_sgd, static_args=static)(
+        0.5, inner_steps=4, noise=1e-2, **kwargs)
+    out, _ = harness.run_fused(tx, params, batches, 4)
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(out))
+  tx = optax.inject_hyperparams(entropy_optax.entropy_sgd, static_args=("inner_steps",))(
+      0.5, inner_steps=4, unroll=3)
+  with pytest.raises(TypeError, match="static_args=\\('unroll',\\)"):
+    harness.run_fused(tx, params, batches, 4)

@@ -28,7 +28,7 @@ def entropy_sgd(
     key: Any = 0,
     inner: Optional[optax.GradientTransformation] = None,
     noise_generator: str = "hash",
-    unroll: int | bool = 1,
+    unroll: int | bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Entropy-SGD (Chaudhari et al., 2017) as an optax transform.
 
@@ -141,7 +141,7 @@ def entropy_adam(
     key: Any = 0,
     inner: Optional[optax.GradientTransformation] = None,
     noise_generator: str = "hash",
-    unroll: int | bool = 1,
+    unroll: int | bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Entropy-Adam: Entropy-SGD whose outer step is Adam on D = x - mu.
 

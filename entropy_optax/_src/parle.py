@@ -122,7 +122,7 @@ def parle(
     key: Any = 0,
     inner: Optional[optax.GradientTransformation] = None,
     noise_generator: str = "hash",
-    unroll: int | bool = 1,
+    unroll: int | bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Parle (Chaudhari et al., 2017): replicated Entropy-SGD with elastic coupling.
 

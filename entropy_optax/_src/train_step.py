@@ -43,7 +43,7 @@ def make_train_step(
     has_aux: bool = False,
     has_state: bool = False,
     donate: bool = True,
-    unroll: int | bool = 1,
+    unroll: int | bool = False,
 ) -> Callable[..., tuple[Any, ...]]:
   """A jitted train step over K minibatches: one outer step of Entropy-SGD.
 
@@ -75,8 +75,9 @@ def make_train_step(
     donate: donate the params, opt_state and model_state buffers to the
       step, so that they are updated in place; do not reuse the arrays you
       pass in.
-    unroll: ``lax.scan``'s unroll for the K ordinary steps of a plain optax
-      transform (an Entropy-SGD transform takes its own ``unroll=``). On CPU,
+    unroll: for the K ordinary steps of a plain optax transform: ``False``
+      (default) a ``lax.scan`` loop, ``True`` no loop, an int ``lax.scan``'s
+      unroll (an Entropy-SGD transform takes its own ``unroll=``). On CPU,
       convolutional nets want ``True``: XLA's CPU backend runs a convolution's
       weight gradient inside a loop several times slower.
 
@@ -158,12 +159,12 @@ def make_train_step(
     grads, carry = first_carry(params, model_state, pick(0))
     loop = (*apply(params, opt_state, grads), carry)
     rest = steps_of(batches) - 1
-    if unroll is True or 1 < unroll and rest <= unroll:
+    if unroll is True or (unroll is not False and 1 < unroll and rest <= unroll):
       for k in range(1, rest + 1):  # no loop at all: lax.scan keeps a one-trip loop
         loop, _ = scan_body(loop, k)
     else:
       loop, _ = jax.lax.scan(
-          scan_body, loop, jnp.arange(1, rest + 1, dtype=jnp.int32), unroll=unroll
+          scan_body, loop, jnp.arange(1, rest + 1, dtype=jnp.int32), unroll=int(unroll)
       )
     return loop
 

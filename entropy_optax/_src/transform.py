@@ -132,7 +132,7 @@ def local_entropy(
     key: Any = 0,
     inner: Optional[optax.GradientTransformation] = None,
     noise_generator: noise_lib.NoiseGenerator = "hash",
-    unroll: int | bool = 1,
+    unroll: int | bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Entropy-SGD around any outer optax transform.
 
@@ -202,8 +202,11 @@ def local_entropy(
       erfinv); or ``"threefry"``, ``jax.random.normal``. All are N(0, 1)
       draws, reproducible from the key and independent of sharding; they
       draw different numbers (see ``entropy_optax._src.noise``).
-    unroll: fused mode's ``lax.scan`` unroll: 1 (default) keeps the inner
-      loop a loop; ``True`` unrolls it. Same numbers either way. On XLA's CPU
+    unroll: fused mode's inner loop: ``False`` (default) keeps it a
+      ``lax.scan`` loop, ``True`` unrolls it (no loop at all), an int n takes
+      n steps per loop iteration (``lax.scan``'s unroll; an int is a numeric
+      hyperparameter to ``optax.inject_hyperparams``: put it in static_args).
+      Same numbers either way. On XLA's CPU
       backend a convolution's weight gradient inside a loop runs several times
       slower than outside one (LeNet: ~300 ms against ~65 ms per gradient,
       ``benchmarks/results/cpu_conv_in_loop.md``), so CPU users of
@@ -429,7 +432,7 @@ def local_entropy(
       like_params = lambda tree: None if tree is None else _cast_like(tree, params)
       loop = (like_params(state.anchor), like_params(state.mu), like_params(state.momentum),
               _cast_like(grads, grads), state.inner_state, carry)
-      if unroll is True or 1 < unroll and inner_steps - 1 <= unroll:
+      if unroll is True or (unroll is not False and 1 < unroll and inner_steps - 1 <= unroll):
         # Fully unrolled: no loop at all (lax.scan keeps a one-trip loop).
         for k in range(inner_steps - 1):
           batch = jax.tree.map(lambda a, k=k: a[k], batches)
@@ -437,7 +440,7 @@ def local_entropy(
       else:
         steps = jnp.arange(inner_steps - 1, dtype=jnp.int32)
         loop, _ = jax.lax.scan(
-            scan_body, loop, (steps, batches), length=inner_steps - 1, unroll=unroll
+            scan_body, loop, (steps, batches), length=inner_steps - 1, unroll=int(unroll)
         )
       walker, nu, momentum, grads, inner_state, new_carry = loop
     else:

@@ -102,11 +102,20 @@ def check_bool(name: str, value: Any) -> bool:
   return bool(value)
 
 
-def check_unroll(unroll: Any) -> Any:
-  """``lax.scan``'s ``unroll``: a bool, or a static int >= 1."""
+def check_unroll(unroll: Any) -> int | bool:
+  """``lax.scan``'s ``unroll``: a bool (False: a loop; True: no loop), or a static int >= 1."""
   if isinstance(unroll, (bool, np.bool_)):
     return bool(unroll)
-  if isinstance(unroll, jax.core.Tracer) or not isinstance(unroll, numbers.Integral):
+  if isinstance(unroll, jax.core.Tracer):
+    raise TypeError(
+        "unroll must be static, but it was traced. With optax.inject_hyperparams "
+        "pass static_args=('unroll',), or a bool (bools are not injected)."
+    )
+  if isinstance(unroll, (np.ndarray, jax.Array)) and np.shape(unroll) == () and np.issubdtype(
+      np.asarray(unroll).dtype, np.integer
+  ):
+    unroll = int(unroll)
+  if not isinstance(unroll, numbers.Integral):
     raise TypeError(
         "unroll must be a bool or a static Python int >= 1 (lax.scan's unroll), "
         f"got {unroll!r} of type {type(unroll).__name__}."
