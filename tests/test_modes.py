@@ -246,3 +246,21 @@ def test_unroll_passes_through_inject_hyperparams():
       0.5, inner_steps=4, unroll=3)
   with pytest.raises(TypeError, match="static_args=\\('unroll',\\)"):
     harness.run_fused(tx, params, batches, 4)
+
+
+@pytest.mark.parametrize("inner_steps", [2, 4])
+def test_default_keeps_the_inner_loop_and_unroll_true_removes_it(inner_steps):
+  params, batches = _mlp_problem(inner_steps)
+  grad_fn = jax.grad(harness.mlp_loss)
+
+  def whiles(**kwargs):
+    tx = entropy_optax.entropy_sgd(0.5, inner_steps=inner_steps, noise=0.0, **kwargs)
+
+    def step(params, state):
+      rest = jax.tree.map(lambda a: a[1:], batches)
+      first = jax.tree.map(lambda a: a[0], batches)
+      return tx.update(grad_fn(params, first), state, params, grad_fn=grad_fn, batches=rest)
+
+    return jax.jit(step).lower(params, tx.init(params)).as_text().count("stablehlo.while")
+
+  assert whiles() == whiles(unroll=1) == whiles(unroll=True) + 1

@@ -164,7 +164,8 @@ def make_train_step(
         loop, _ = scan_body(loop, k)
     else:
       loop, _ = jax.lax.scan(
-          scan_body, loop, jnp.arange(1, rest + 1, dtype=jnp.int32), unroll=int(unroll)
+          scan_body, loop, jnp.arange(1, rest + 1, dtype=jnp.int32),
+          unroll=1 if unroll is False else unroll,
       )
     return loop
 

@@ -440,7 +440,8 @@ def local_entropy(
       else:
         steps = jnp.arange(inner_steps - 1, dtype=jnp.int32)
         loop, _ = jax.lax.scan(
-            scan_body, loop, (steps, batches), length=inner_steps - 1, unroll=int(unroll)
+            scan_body, loop, (steps, batches), length=inner_steps - 1,
+            unroll=1 if unroll is False else unroll,  # int(False) would be 0
         )
       walker, nu, momentum, grads, inner_state, new_carry = loop
     else:
