@@ -28,10 +28,7 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-import optax
 
-import entropy_optax
 import speed
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -51,23 +48,6 @@ def import_ref(ref: str, folder: pathlib.Path):
   return importlib.import_module("entropy_optax_ref")
 
 
-def fused_step(module, loss, inner_steps: int, noise: float):
-  """The jitted fused outer step of ``module.entropy_sgd`` and its initial state."""
-  tx = module.entropy_sgd(1.0, inner_steps=inner_steps, gamma=0.03, langevin_lr=0.1, mu_decay=0.75,
-                          inner_momentum=speed.MOMENTUM, momentum=speed.MOMENTUM, nesterov=True,
-                          noise=noise)
-  grad_fn = jax.grad(loss)
-
-  def run(params, state, batches):
-    pick = lambda k: jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, k, keepdims=False), batches)
-    updates, state = tx.update(grad_fn(params, pick(0)), state, params,
-                               grad_fn=lambda p, k: grad_fn(p, pick(k)),
-                               batches=jnp.arange(1, inner_steps, dtype=jnp.int32))
-    return optax.apply_updates(params, updates), state
-
-  return run, tx
-
-
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--ref", required=True, help="git commit (or any ref) to compare against")
@@ -81,16 +61,15 @@ def main(argv=None) -> None:
     params = init(jax.random.key(0))
     param_bytes = speed.tree_bytes(params)
     for inner_steps in args.inner_steps:
-      rng = np.random.default_rng(0)
-      batches = {"x": jnp.asarray(rng.normal(size=(inner_steps, speed.BATCH, 784)).astype(np.float32)),
-                 "y": jnp.asarray(rng.integers(0, 10, size=(inner_steps, speed.BATCH)).astype(np.int32))}
+      batches = jax.tree.map(jnp.asarray, speed.make_batches(inner_steps))
       sgd_tx, sgd_run = speed.sgd_candidate(loss, inner_steps)
-      candidates = {"sgd": (sgd_run, sgd_tx)}
+      candidates = {"sgd": (sgd_tx, sgd_run)}
       for noise, suffix in ((speed.NOISE, ""), (0.0, " noise 0")):
-        candidates[f"ref {args.ref}{suffix}"] = fused_step(ref, loss, inner_steps, noise)
-        candidates[f"new{suffix}"] = fused_step(entropy_optax, loss, inner_steps, noise)
+        candidates[f"ref {args.ref}{suffix}"] = speed.entropy_candidate(
+            loss, inner_steps, module=ref, noise=noise)
+        candidates[f"new{suffix}"] = speed.entropy_candidate(loss, inner_steps, noise=noise)
       calls, temps = {}, {}
-      for name, (run, tx) in candidates.items():
+      for name, (tx, run) in candidates.items():
         state = tx.init(params)
         donated = jax.jit(run, donate_argnums=(0, 1)).lower(params, state, batches).compile()
         temps[name] = donated.memory_analysis().temp_size_in_bytes / param_bytes

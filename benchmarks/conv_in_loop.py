@@ -7,7 +7,7 @@ and runs far slower than the same program unrolled, where XLA rewrites it into
 its fast form (``b01f_01io->b01f``). This script times LeNet (speed.py's
 model, batch 128) per gradient evaluation: optax SGD-Nesterov over L
 minibatches in one ``lax.scan``, rolled and unrolled, and the fused Entropy-SGD
-step with ``unroll=1`` and ``unroll=True``; candidates alternate, medians over
+step with ``unroll=False`` (the default) and ``unroll=True``; candidates alternate, medians over
 repetitions; plus each program's temporaries (params and state donated) and
 how many of its convolutions carry non-canonical labels.
 
@@ -25,44 +25,10 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-import optax
 
-import entropy_optax
 import speed
 
 HERE = pathlib.Path(__file__).resolve().parent
-
-
-def sgd_scan(loss, unroll):
-  tx = optax.sgd(0.1, momentum=speed.MOMENTUM, nesterov=True)
-  grad_fn = jax.grad(loss)
-
-  def run(params, state, batches):
-    def body(carry, batch):
-      p, s = carry
-      updates, s = tx.update(grad_fn(p, batch), s, p)
-      return (optax.apply_updates(p, updates), s), None
-
-    return jax.lax.scan(body, (params, state), batches, unroll=unroll)[0]
-
-  return tx, run
-
-
-def fused(loss, inner_steps, unroll):
-  tx = entropy_optax.entropy_sgd(
-      1.0, inner_steps=inner_steps, gamma=0.03, langevin_lr=0.1, inner_momentum=speed.MOMENTUM,
-      momentum=speed.MOMENTUM, noise=speed.NOISE, unroll=unroll)
-  grad_fn = jax.grad(loss)
-
-  def run(params, state, batches):
-    pick = lambda k: jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, k, keepdims=False), batches)
-    updates, state = tx.update(grad_fn(params, pick(0)), state, params,
-                               grad_fn=lambda p, k: grad_fn(p, pick(k)),
-                               batches=jnp.arange(1, inner_steps, dtype=jnp.int32))
-    return optax.apply_updates(params, updates), state
-
-  return tx, run
 
 
 def main(argv=None) -> str:
@@ -76,14 +42,13 @@ def main(argv=None) -> str:
   loss = speed.make_loss(apply)
   params = init(jax.random.key(0))
   param_bytes = speed.tree_bytes(params)
-  rng = np.random.default_rng(0)
-  batches = {"x": jnp.asarray(rng.normal(size=(steps, speed.BATCH, 784)).astype(np.float32)),
-             "y": jnp.asarray(rng.integers(0, 10, size=(steps, speed.BATCH)).astype(np.int32))}
+  batches = jax.tree.map(jnp.asarray, speed.make_batches(steps))
   candidates = {
-      "optax SGD, lax.scan": sgd_scan(loss, 1),
-      "optax SGD, lax.scan unrolled": sgd_scan(loss, True),
-      "Entropy-SGD fused, unroll=1": fused(loss, steps, 1),
-      "Entropy-SGD fused, unroll=True": fused(loss, steps, True),
+      "optax SGD, lax.scan": speed.sgd_candidate(loss, steps),
+      "optax SGD, lax.scan unrolled": speed.sgd_candidate(loss, steps, unroll=True),
+      "Entropy-SGD fused, unroll=False": speed.entropy_candidate(loss, steps, noise=speed.NOISE),
+      "Entropy-SGD fused, unroll=True": speed.entropy_candidate(
+          loss, steps, noise=speed.NOISE, unroll=True),
   }
   calls, info = {}, {}
   for name, (tx, run) in candidates.items():

@@ -104,10 +104,20 @@ def tree_bytes(tree: Any) -> int:
   return sum(int(np.prod(np.shape(x))) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
 
 
+def make_batches(inner_steps: int) -> dict[str, np.ndarray]:
+  """L random minibatches of 128 images (28 x 28, flattened) and labels, seed 0."""
+  rng = np.random.default_rng(0)
+  return {
+      "x": rng.normal(size=(inner_steps, BATCH, 784)).astype(np.float32),
+      "y": rng.integers(0, 10, size=(inner_steps, BATCH)).astype(np.int32),
+  }
+
+
 # ----------------------------------------------------------------------------- JAX candidates
 
 
-def sgd_candidate(loss, inner_steps):
+def sgd_candidate(loss, inner_steps, unroll=False):
+  """optax SGD-Nesterov over the L minibatches in one ``lax.scan``: (tx, run)."""
   tx = optax.sgd(0.1, momentum=MOMENTUM, nesterov=True)
   grad_fn = jax.grad(loss)
 
@@ -117,13 +127,14 @@ def sgd_candidate(loss, inner_steps):
       updates, s = tx.update(grad_fn(p, batch), s, p)
       return (optax.apply_updates(p, updates), s), None
 
-    return jax.lax.scan(body, (params, state), batches)[0]
+    return jax.lax.scan(body, (params, state), batches, unroll=1 if unroll is False else unroll)[0]
 
   return tx, run
 
 
-def entropy_candidate(loss, inner_steps, **kwargs):
-  tx = entropy_optax.entropy_sgd(
+def entropy_candidate(loss, inner_steps, module=entropy_optax, **kwargs):
+  """The fused Entropy-SGD outer step of ``module`` (the package, or an older copy): (tx, run)."""
+  tx = module.entropy_sgd(
       1.0, inner_steps=inner_steps, gamma=0.03, langevin_lr=0.1, mu_decay=0.75,
       inner_momentum=MOMENTUM, momentum=MOMENTUM, nesterov=True, **kwargs,
   )
@@ -216,11 +227,7 @@ def measure(model_name: str, inner_steps: int, repeats: int, with_torch: bool) -
   init, apply = MODELS[model_name]
   loss = make_loss(apply)
   params = init(jax.random.key(0))
-  rng = np.random.default_rng(0)
-  batches_np = {
-      "x": rng.normal(size=(inner_steps, BATCH, 784)).astype(np.float32),
-      "y": rng.integers(0, 10, size=(inner_steps, BATCH)).astype(np.int32),
-  }
+  batches_np = make_batches(inner_steps)
   batches = jax.tree.map(jnp.asarray, batches_np)
 
   candidates = {

@@ -208,7 +208,7 @@ def local_entropy(
       hyperparameter to ``optax.inject_hyperparams``: put it in static_args).
       Same numbers either way. On XLA's CPU
       backend a convolution's weight gradient inside a loop runs several times
-      slower than outside one (LeNet: ~300 ms against ~65 ms per gradient,
+      slower than outside one (LeNet: ~280 ms against ~57 ms per gradient,
       ``benchmarks/results/cpu_conv_in_loop.md``), so CPU users of
       convolutional nets want ``True``; it costs compile time and the
       in-place loop (the step then needs more memory).
