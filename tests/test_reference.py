@@ -18,12 +18,12 @@ RECIPES = {
     ),
     # The authors' PyTorch port: outer Nesterov 0.9 on D.
     "pytorch": dict(
-        tx=dict(learning_rate=0.5, momentum=0.9, gamma=0.03),
+        tx=dict(learning_rate=0.5, momentum=0.9, inner_momentum=None, gamma=0.03),
         ref=dict(eta=0.5, outer_momentum=0.9, gamma0=0.03),
     ),
     # Alg. 1 of the paper: the outer gradient is gamma (x - mu).
     "alg1": dict(
-        tx=dict(learning_rate=3.0, gamma=0.3, scale_by_gamma=True),
+        tx=dict(learning_rate=3.0, gamma=0.3, scale_by_gamma=True, inner_momentum=None),
         ref=dict(eta=3.0, gamma0=0.3, scale_by_gamma=True),
     ),
     # Heavy-ball (non-Nesterov) inner and outer momentum.

@@ -1,8 +1,6 @@
 """Entropy-SGD and Entropy-Adam: thin aliases over :func:`local_entropy`."""
 
-from __future__ import annotations
-
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import optax
 
@@ -20,17 +18,27 @@ def entropy_sgd(
     langevin_lr: ScalarOrSchedule = 0.1,
     noise: ScalarOrSchedule = 1e-4,
     mu_decay: float = 0.75,
-    inner_momentum: float = 0.0,
+    inner_momentum: Optional[float] = 0.9,
     nesterov: bool = True,
-    momentum: float = 0.0,
+    momentum: Optional[float] = None,
     weight_decay: float = 0.0,
     scale_by_gamma: bool = False,
     key: Any = 0,
     inner: Optional[optax.GradientTransformation] = None,
     noise_generator: str = "hash",
-    unroll: int | bool = False,
+    unroll: Union[int, bool] = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Entropy-SGD (Chaudhari et al., 2017) as an optax transform.
+
+  **Start with** ``entropy_sgd(1.0)``: the outer ``learning_rate`` is a step
+  towards the walker's mean, not an SGD rate, and at 1.0 the anchor moves
+  to mu (the authors used 1, then 0.1 late in training). A usual SGD rate
+  such as 0.1 moves the anchor a tenth of the way per outer step and trains
+  far slower. The other defaults are the authors' Lua recipe: L = 20
+  Langevin steps of size 0.1 with Nesterov momentum 0.9, scope
+  gamma = 0.03, noise 1e-4, mean decay 0.75; you choose L (fewer for a
+  small budget: one outer step costs L gradient evaluations) and gamma
+  (larger keeps the walker nearer the anchor).
 
   Each outer step runs L = ``inner_steps`` Langevin steps of a walker x'
   started at the anchor x, on fresh minibatches, keeping their running mean
@@ -53,8 +61,8 @@ def entropy_sgd(
   authors' recipes.
 
   Args:
-    learning_rate: eta, the outer step size (authors' ``--lr``); a float or an
-      optax schedule of the outer-step count.
+    learning_rate: eta, the outer step size (authors' ``--lr``), about 1; a
+      float or an optax schedule of the outer-step count.
     inner_steps: L (authors' ``--L``), a static int >= 1.
     gamma: the scope gamma (``--gamma``); float or schedule of the outer-step
       count, e.g. ``entropy_optax.scoping(gamma0, gamma1)``.
@@ -62,9 +70,11 @@ def entropy_sgd(
     noise: eps (``--noise``), the thermal noise, >= 0.
     mu_decay: alpha (``beta1``), the weight of the OLD mean, in [0, 1).
     inner_momentum: beta, momentum of the Langevin steps on the data gradient
-      (authors' Lua code: 0.9), reset every outer step, in [0, 1).
+      (authors' Lua code: 0.9, the default), reset every outer step, in
+      [0, 1); ``None`` for none (no buffer; 0.0 keeps one, as in optax).
     nesterov: Nesterov form for both the inner and the outer momentum.
-    momentum: outer momentum on D, in [0, 1) (authors' PyTorch port: 0.9).
+    momentum: outer momentum on D, in [0, 1) (authors' PyTorch port: 0.9);
+      ``None`` (default, the Lua code) keeps no buffer.
     weight_decay: wd (``--L2``), added as wd x' to every Langevin gradient.
     scale_by_gamma: use Alg. 1's outer gradient gamma (x - mu).
     key: an int seed or a JAX PRNG key for the Langevin noise.
@@ -102,11 +112,11 @@ def entropy_sgd(
     <https://arxiv.org/abs/1611.01838>`_, ICLR 2017.
   """
   validation.check_non_negative("learning_rate", learning_rate)
-  validation.check_unit_interval("momentum", momentum)
+  if momentum is not None:
+    validation.check_unit_interval("momentum", momentum)
   nesterov = validation.check_bool("nesterov", nesterov)
-  outer_momentum = None if validation.is_static_zero(momentum) else momentum
   return transform.local_entropy(
-      optax.sgd(learning_rate, momentum=outer_momentum, nesterov=nesterov),
+      optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov),
       inner_steps=inner_steps,
       gamma=gamma,
       langevin_lr=langevin_lr,
@@ -134,14 +144,14 @@ def entropy_adam(
     langevin_lr: ScalarOrSchedule = 0.1,
     noise: ScalarOrSchedule = 1e-4,
     mu_decay: float = 0.75,
-    inner_momentum: float = 0.0,
+    inner_momentum: Optional[float] = 0.9,
     nesterov: bool = True,
     weight_decay: float = 0.0,
     scale_by_gamma: bool = False,
     key: Any = 0,
     inner: Optional[optax.GradientTransformation] = None,
     noise_generator: str = "hash",
-    unroll: int | bool = False,
+    unroll: Union[int, bool] = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Entropy-Adam: Entropy-SGD whose outer step is Adam on D = x - mu.
 
@@ -159,7 +169,8 @@ def entropy_adam(
     langevin_lr: eta', the Langevin step size.
     noise: eps of the paper, the thermal noise.
     mu_decay: alpha, the weight of the OLD mean.
-    inner_momentum: momentum of the Langevin steps.
+    inner_momentum: momentum of the Langevin steps (default 0.9; ``None``
+      for none).
     nesterov: Nesterov form of the inner momentum.
     weight_decay: wd x' added to every Langevin gradient.
     scale_by_gamma: use gamma (x - mu) as the outer gradient.

@@ -17,6 +17,7 @@ from entropy_optax._src.state_utils import anchor_params
 from entropy_optax._src.state_utils import find_state
 from entropy_optax._src.state_utils import replace_carry
 from entropy_optax._src.train_step import minibatch_picker
+from entropy_optax._src.train_step import restating_batch_count
 from entropy_optax._src.train_step import steps_of
 
 if TYPE_CHECKING:
@@ -135,7 +136,8 @@ def nnx_fused_update(
     has_aux: whether ``loss_fn`` returns ``(loss, aux)``; aux must be numbers.
 
   Returns:
-    ``{"loss": mean loss over the inner steps}``, plus ``"aux"``, the mean
+    ``{"loss": mean loss over the inner steps, "skipped": 1 if the outer step
+    was abandoned on a non-finite value, else 0}``, plus ``"aux"``, the mean
     aux, with ``has_aux``.
 
   Examples:
@@ -182,14 +184,18 @@ def nnx_fused_update(
   # nnx.Optimizer writes the new state into the old one leaf by leaf, so the
   # carry slot must already have the carry's structure: seed it, then empty it.
   _set_nnx_carry(optimizer, carry)
-  optimizer.update(
-      model, grads, grad_fn=grad_fn, batches=jnp.arange(1, steps, dtype=jnp.int32), carry=carry
-  )
-  rest, loss_sum, aux_sum = find_state(nnx.as_pure(optimizer.opt_state)).carry
+  skipped_before = find_state(nnx.as_pure(optimizer.opt_state)).skipped
+  with restating_batch_count(batches, "nnx_fused_update"):
+    optimizer.update(
+        model, grads, grad_fn=grad_fn, batches=jnp.arange(1, steps, dtype=jnp.int32),
+        carry=carry,
+    )
+  state = find_state(nnx.as_pure(optimizer.opt_state))
+  rest, loss_sum, aux_sum = state.carry
   _set_nnx_carry(optimizer, None)
   nnx.update(model, rest)
 
-  metrics = {"loss": loss_sum / steps}
+  metrics = {"loss": loss_sum / steps, "skipped": jnp.sum(state.skipped - skipped_before)}
   if has_aux:
     metrics["aux"] = jax.tree.map(lambda a: a / steps, aux_sum)
   return metrics

@@ -97,9 +97,11 @@ def langevin_step(
       g = g + cast(hp.inner_momentum) * m if hp.nesterov else m
     d = g - cast(hp.gamma) * (x - w)
     d = d + cast(hp.weight_decay) * w
+    lr = cast(hp.langevin_lr)
+    delta = -lr * d
     if z is not None:
-      d = d + cast(hp.noise) / jnp.sqrt(cast(0.5) * cast(hp.langevin_lr)) * z
-    delta = -cast(hp.langevin_lr) * d
+      # -eta' (eps / sqrt(eta' / 2)) z, written so that eta' = 0 moves nothing.
+      delta = delta - cast(hp.noise) * jnp.sqrt(cast(2.0) * lr) * z
     new_w = (w + delta).astype(dtype)
     alpha = cast(hp.mu_decay)
     new_mean = alpha * mean + (cast(1.0) - alpha) * new_w

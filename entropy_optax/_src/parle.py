@@ -6,10 +6,8 @@ replica axis of every leaf; its outer transform is SGD on
 replica axis, once per outer step.
 """
 
-from __future__ import annotations
-
 import numbers
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -113,16 +111,16 @@ def parle(
     langevin_lr: ScalarOrSchedule = 0.1,
     noise: ScalarOrSchedule = 1e-4,
     mu_decay: float = 0.75,
-    inner_momentum: float = 0.0,
+    inner_momentum: Optional[float] = 0.9,
     nesterov: bool = True,
-    momentum: float = 0.0,
+    momentum: Optional[float] = None,
     weight_decay: float = 0.0,
     scale_by_gamma: bool = False,
     reference_lr: float = 1.0,
     key: Any = 0,
     inner: Optional[optax.GradientTransformation] = None,
     noise_generator: str = "hash",
-    unroll: int | bool = False,
+    unroll: Union[int, bool] = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Parle (Chaudhari et al., 2017): replicated Entropy-SGD with elastic coupling.
 
@@ -179,9 +177,11 @@ def parle(
     langevin_lr: eta', the Langevin step size.
     noise: eps, the thermal noise.
     mu_decay: alpha, the weight of the OLD mean of the walker.
-    inner_momentum: beta, momentum of the Langevin steps.
+    inner_momentum: beta, momentum of the Langevin steps (default 0.9, the
+      authors' recipe; ``None`` for none).
     nesterov: Nesterov form of the inner and outer momentum.
-    momentum: outer momentum on each replica's D_a + rho (x_a - x_ref).
+    momentum: outer momentum on each replica's D_a + rho (x_a - x_ref);
+      ``None`` (default) for none.
     weight_decay: wd x' added to every Langevin gradient.
     scale_by_gamma: use gamma (x_a - mu_a) as D_a.
     reference_lr: lambda in (0, 1], how far x_ref moves to the replicas'
@@ -223,17 +223,17 @@ def parle(
   inner_steps = validation.check_inner_steps(inner_steps)
   validation.check_non_negative("learning_rate", learning_rate)
   validation.check_non_negative("rho", rho)
-  validation.check_unit_interval("momentum", momentum)
+  if momentum is not None:
+    validation.check_unit_interval("momentum", momentum)
   nesterov = validation.check_bool("nesterov", nesterov)
   validation.check_positive("reference_lr", reference_lr)
   if validation.concrete_value(reference_lr) is not None and reference_lr > 1:
     raise ValueError(f"reference_lr must lie in (0, 1], got {reference_lr}.")
 
-  outer_momentum = None if validation.is_static_zero(momentum) else momentum
   replica_tx = transform.local_entropy(
       optax.chain(
           _elastic_coupling(),
-          optax.sgd(learning_rate, momentum=outer_momentum, nesterov=nesterov),
+          optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov),
       ),
       inner_steps=inner_steps,
       gamma=gamma,

@@ -56,3 +56,16 @@ def scoping(gamma0: float, gamma1: float) -> optax.Schedule:
 def evaluate(value: Any, count: jax.Array) -> Any:
   """A hyperparameter's value at outer step ``count``: calls it if a schedule."""
   return value(count) if callable(value) else value
+
+
+def evaluate_non_negative(value: Any, count: jax.Array) -> Any:
+  """:func:`evaluate`, clipped at 0.
+
+  Python numbers are checked when the transform is built; a schedule's value,
+  or an array (``optax.inject_hyperparams`` passes arrays), is only known at
+  run time, when it cannot raise: a negative value (a linear decay that
+  overshoots, say) counts as 0.
+  """
+  if isinstance(value, (int, float)):
+    return value
+  return jnp.maximum(evaluate(value, count), 0)

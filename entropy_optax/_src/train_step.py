@@ -2,21 +2,71 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+import contextlib
+from typing import Any, Callable, Iterator, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from entropy_optax._src import validation
 from entropy_optax._src.state_utils import find_state
 from entropy_optax._src.state_utils import replace_carry
+from entropy_optax._src.transform import BatchCountError
 from entropy_optax._src.transform import EntropySGDState
 
 
 def steps_of(batches: Any) -> int:
-  """The length of the leading (minibatch) axis of stacked minibatches."""
-  return jax.tree.leaves(batches)[0].shape[0]
+  """The length of the leading (minibatch) axis of stacked minibatches.
+
+  Raises:
+    ValueError: if ``batches`` has no array leaves, a 0-d leaf, or leaves
+      whose leading axes differ; the message names the leaves.
+  """
+  leaves = jax.tree_util.tree_leaves_with_path(batches)
+  if not leaves:
+    raise ValueError("batches holds no arrays: pass minibatches stacked along a leading axis.")
+  lengths = {}
+  for path, leaf in leaves:
+    shape = np.shape(leaf)
+    if not shape:
+      raise ValueError(
+          f"batches{jax.tree_util.keystr(path)} is a scalar; every leaf of batches "
+          "needs a leading minibatch axis."
+      )
+    lengths.setdefault(shape[0], jax.tree_util.keystr(path))
+  if len(lengths) > 1:
+    listed = ", ".join(f"batches{p} has {n}" for n, p in lengths.items())
+    raise ValueError(
+        "the leaves of batches disagree on the number of minibatches (their "
+        f"leading axis): {listed}."
+    )
+  return next(iter(lengths))
+
+
+@contextlib.contextmanager
+def restating_batch_count(batches: Any, caller: str) -> Iterator[None]:
+  """Restates a fused call's wrong minibatch count in its caller's terms.
+
+  ``caller`` passes all L minibatches (the first for the gradient at the
+  anchor) and hands the transform indices of the other L - 1, whose shape
+  would mean nothing to the user.
+  """
+  try:
+    yield
+  except BatchCountError as error:
+    inner_steps = error.inner_steps
+    path, leaf = jax.tree_util.tree_leaves_with_path(batches)[0]
+    raise ValueError(
+        f"{caller} takes one outer step of inner_steps = {inner_steps} "
+        f"minibatches, stacked along the leading axis of every leaf of "
+        f"batches, but batches{jax.tree_util.keystr(path)} has shape "
+        f"{np.shape(leaf)}: {np.shape(leaf)[0]} minibatches. Pass "
+        f"{inner_steps} (e.g. reshape the data to ({inner_steps}, batch_size, "
+        "...)), or build the transform with inner_steps="
+        f"{np.shape(leaf)[0]}."
+    ) from None
 
 
 def minibatch_picker(batches: Any) -> Callable[[Any], Any]:
@@ -86,7 +136,11 @@ def make_train_step(
     returning ``(params, opt_state, metrics)``, and with ``has_state``
     ``(params, opt_state, metrics, model_state)``. ``metrics["loss"]`` is the
     mean loss over the K minibatches (the inner loss: at the walker, for
-    Entropy-SGD). An Entropy-SGD state's carry slot is left as it came in.
+    Entropy-SGD). With Entropy-SGD, ``metrics["skipped"]`` is 1 when the
+    outer step was abandoned because a non-finite value appeared (params and
+    state are then as they came in, but for the state's ``skipped`` count):
+    log it, and stop or lower the step sizes when it keeps coming back. An
+    Entropy-SGD state's carry slot is left as it came in.
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax, entropy_optax
@@ -97,8 +151,8 @@ def make_train_step(
     >>> opt_state = tx.init(params)
     >>> batches = {"x": jnp.ones((4, 8, 3)), "y": jnp.ones((4, 8))}  # K = L = 4
     >>> params, opt_state, metrics = step(params, opt_state, batches)
-    >>> int(opt_state.count), float(metrics["loss"]) < 1.0
-    (1, True)
+    >>> int(opt_state.count), float(metrics["loss"]) < 1.0, int(metrics["skipped"])
+    (1, True, 0)
   """
 
   def evaluate(params, model_state, batch, key):
@@ -170,13 +224,22 @@ def make_train_step(
     return loop
 
   def step(params, opt_state, batches, model_state=None, key=None):
-    steps = jax.tree.leaves(batches)[0].shape[0]
+    steps = steps_of(batches)
     keys = None if key is None else jax.random.split(key, steps)
-    run = fused if holds_entropy_state(opt_state) else plain
-    params, opt_state, (model_state, loss_sum, aux_sum) = run(
-        params, opt_state, (batches, keys), model_state
-    )
+    entropy = holds_entropy_state(opt_state)
+    if entropy:
+      skipped_before = find_state(opt_state).skipped
+      with restating_batch_count(batches, "make_train_step's step"):
+        params, opt_state, (model_state, loss_sum, aux_sum) = fused(
+            params, opt_state, (batches, keys), model_state
+        )
+    else:
+      params, opt_state, (model_state, loss_sum, aux_sum) = plain(
+          params, opt_state, (batches, keys), model_state
+      )
     metrics = {"loss": loss_sum / steps}
+    if entropy:
+      metrics["skipped"] = jnp.sum(find_state(opt_state).skipped - skipped_before)
     if has_aux:
       metrics["aux"] = _mean_over_steps(aux_sum, steps)
     if has_state:

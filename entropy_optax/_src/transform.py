@@ -88,6 +88,26 @@ def _check_like_params(name: str, tree: Any, params: Any) -> None:
       )
 
 
+def _check_grad_fn_output(grads: Any, params: Any) -> None:
+  """Checks what ``grad_fn`` returned, naming ``jax.value_and_grad`` if that is it."""
+  params_structure = jax.tree.structure(params)
+  if (
+      jax.tree.structure(grads) != params_structure
+      and isinstance(grads, tuple)
+      and len(grads) == 2
+      and jax.tree.structure(grads[1]) == params_structure
+      and not jax.tree.leaves(grads[0])[1:]
+  ):
+    raise TypeError(
+        "grad_fn returned a pair (value, grads), as jax.value_and_grad does; "
+        "grad_fn must return the grads only: pass jax.grad(loss). To get the "
+        "loss out of the inner loop, pass carry= and have grad_fn return "
+        "(grads, carry) with the loss summed into the carry (make_train_step "
+        "does this for you)."
+    )
+  _check_like_params("grads returned by grad_fn", grads, params)
+
+
 def _check_floating(params: Any) -> None:
   for path, leaf in jax.tree_util.tree_leaves_with_path(params):
     if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
@@ -99,21 +119,41 @@ def _check_floating(params: Any) -> None:
       )
 
 
+def _fresh_copy(leaf: Any) -> Any:
+  """``leaf`` in a new buffer if it is an array (a no-op on tracers)."""
+  if isinstance(leaf, (jax.Array, np.ndarray, np.generic)):
+    return jnp.array(leaf, copy=True)
+  return leaf
+
+
 def _cast_like(new: Any, old: Any) -> Any:
   """``new`` with the dtypes of ``old``: the state's dtypes are fixed at init."""
   return jax.tree.map(lambda n, o: jnp.asarray(n).astype(jnp.result_type(o)), new, old)
+
+
+class BatchCountError(ValueError):
+  """A fused call's ``batches`` do not hold inner_steps - 1 minibatches.
+
+  ``make_train_step`` and the Flax helpers catch it to restate it in terms
+  of the batches their caller passed.
+  """
+
+  def __init__(self, message: str, inner_steps: int):
+    super().__init__(message)
+    self.inner_steps = inner_steps
 
 
 def _check_batches(batches: Any, inner_steps: int) -> None:
   for path, leaf in jax.tree_util.tree_leaves_with_path(batches):
     shape = np.shape(leaf)
     if not shape or shape[0] != inner_steps - 1:
-      raise ValueError(
+      raise BatchCountError(
           "batches must hold the remaining inner_steps - 1 = "
           f"{inner_steps - 1} minibatches along each leaf's leading axis (the "
           "grads passed to update are the first of inner_steps = "
           f"{inner_steps}), but batches{jax.tree_util.keystr(path)} has shape "
-          f"{shape}."
+          f"{shape}.",
+          inner_steps,
       )
 
 
@@ -125,7 +165,7 @@ def local_entropy(
     langevin_lr: ScalarOrSchedule = 0.1,
     noise: ScalarOrSchedule = 1e-4,
     mu_decay: float = 0.75,
-    inner_momentum: float = 0.0,
+    inner_momentum: Optional[float] = 0.9,
     nesterov: bool = True,
     weight_decay: float = 0.0,
     scale_by_gamma: bool = False,
@@ -182,11 +222,18 @@ def local_entropy(
       schedule of the outer-step count.
     noise: eps, the thermal noise (authors' ``--noise``): each Langevin step
       moves the walker by N(0, (eps sqrt(2 eta'))^2) noise. 0 makes the inner
-      loop deterministic.
+      loop deterministic. A schedule's (or an injected array's) value below 0
+      counts as 0 for ``gamma``, ``langevin_lr`` and ``noise``: it is only
+      known at run time, where it cannot raise. Under
+      ``optax.inject_hyperparams`` in step-interleaved mode a schedule must be
+      in ``static_args``.
     mu_decay: alpha, the weight of the OLD mean in
       mu <- alpha mu + (1 - alpha) x' (authors' ``beta1``, 0.75), in [0, 1).
     inner_momentum: beta, momentum of the Langevin steps on the data gradient,
-      reset every outer step, in [0, 1).
+      reset every outer step, in [0, 1) (the authors' code: Nesterov 0.9, the
+      default). ``None`` keeps no momentum buffer; any number, 0.0 included,
+      keeps one (optax's convention, so that a state built with an injected
+      0.0 has the structure of one built with a static 0.0).
     nesterov: Nesterov form of the inner momentum.
     weight_decay: wd; adds wd x' to each Langevin step's gradient.
     scale_by_gamma: feed gamma (x - mu) to ``outer`` as the paper's Alg. 1
@@ -257,11 +304,13 @@ def local_entropy(
   validation.check_positive("langevin_lr", langevin_lr)
   validation.check_non_negative("noise", noise)
   validation.check_unit_interval("mu_decay", mu_decay)
-  validation.check_unit_interval("inner_momentum", inner_momentum)
+  if inner_momentum is not None:
+    validation.check_unit_interval("inner_momentum", inner_momentum)
   validation.check_non_negative("weight_decay", weight_decay)
   nesterov = validation.check_bool("nesterov", nesterov)
   scale_by_gamma = validation.check_bool("scale_by_gamma", scale_by_gamma)
-  key_data = noise_lib.key_data(key)
+  # The transform's own copy: the caller may donate or delete the key passed.
+  key_data = _fresh_copy(noise_lib.key_data(key))
   if noise_generator not in noise_lib.NOISE_GENERATORS:
     raise ValueError(
         f"noise_generator must be one of {noise_lib.NOISE_GENERATORS}, got "
@@ -270,18 +319,18 @@ def local_entropy(
 
   outer = optax.with_extra_args_support(outer)
   inner = optax.with_extra_args_support(inner or optax.identity())
-  # Constant zeros cost nothing at run time: no momentum buffer, no draws.
-  use_momentum = not validation.is_static_zero(inner_momentum)
+  use_momentum = inner_momentum is not None
+  # A constant zero noise costs nothing at run time: no draws.
   draw_noise = not validation.is_static_zero(noise)
 
   def hyperparams(count: jax.Array) -> langevin.LangevinHyperparams:
     return langevin.LangevinHyperparams(
-        gamma=schedules.evaluate(gamma, count),
-        langevin_lr=schedules.evaluate(langevin_lr, count),
-        noise=schedules.evaluate(noise, count),
+        gamma=schedules.evaluate_non_negative(gamma, count),
+        langevin_lr=schedules.evaluate_non_negative(langevin_lr, count),
+        noise=schedules.evaluate_non_negative(noise, count),
         mu_decay=mu_decay,
         weight_decay=weight_decay,
-        inner_momentum=inner_momentum,
+        inner_momentum=0.0 if inner_momentum is None else inner_momentum,
         nesterov=nesterov,
         draw_noise=draw_noise,
         noise_generator=noise_generator,
@@ -289,12 +338,11 @@ def local_entropy(
 
   def init_fn(params: optax.Params) -> EntropySGDState:
     _check_floating(params)
-    copy = lambda tree: jax.tree.map(lambda p: jnp.array(p, copy=True), tree)
-    return EntropySGDState(
+    state = EntropySGDState(
         count=jnp.zeros([], jnp.int32),
         inner_count=jnp.zeros([], jnp.int32),
-        anchor=copy(params),
-        mu=copy(params),
+        anchor=params,
+        mu=params,
         momentum=optax.tree.zeros_like(params) if use_momentum else None,
         key=key_data,
         outer_state=outer.init(params),
@@ -302,6 +350,11 @@ def local_entropy(
         skipped=jnp.zeros([], jnp.int32),
         carry=None,
     )
+    # Every leaf in a buffer of its own: a step that donates this state must
+    # not delete the params, the caller's key, the transform's key (shared by
+    # every state it builds) or what an outer transform's init kept by
+    # reference (lookahead's slow weights, schedule-free's z).
+    return jax.tree.map(_fresh_copy, state)
 
   def inner_step(grads, walker, mu, momentum, inner_state, anchor, state, k, extra):
     """The Langevin step both modes take: ``inner`` then ``langevin_step``."""
@@ -320,7 +373,7 @@ def local_entropy(
   def outer_updates(anchor, d, state, extra):
     """The outer step's updates of the anchor and the outer state from D = x - mu."""
     if scale_by_gamma:
-      g = schedules.evaluate(gamma, state.count)
+      g = schedules.evaluate_non_negative(gamma, state.count)
       d = jax.tree.map(lambda leaf: jnp.asarray(g, leaf.dtype) * leaf, d)
     return outer.update(d, state.outer_state, anchor, **extra)
 
@@ -422,10 +475,16 @@ def local_entropy(
           inner_state, grads, k,
       )
       if threads_carry:
-        new_grads, carry = grad_fn(walker, batch, carry)
+        out = grad_fn(walker, batch, carry)
+        if not (isinstance(out, tuple) and len(out) == 2):
+          raise TypeError(
+              "with carry=, grad_fn(params, batch, carry) must return the pair "
+              f"(grads, carry); it returned a {type(out).__name__}."
+          )
+        new_grads, carry = out
       else:
         new_grads = grad_fn(walker, batch)
-      _check_like_params("grads returned by grad_fn", new_grads, walker)
+      _check_grad_fn_output(new_grads, walker)
       return (walker, nu, momentum, _cast_like(new_grads, grads), inner_state, carry), None
 
     if inner_steps > 1:
@@ -520,6 +579,7 @@ def local_entropy(
       )
     if carry is not None and grad_fn is None:
       raise ValueError("carry is threaded through grad_fn: pass grad_fn and batches too.")
+    validation.check_update_context(grad_fn is not None, inner_steps)
     if grad_fn is None:
       return interleaved_update(updates, state, params, extra_args)
     return fused_update(updates, state, params, grad_fn, batches, carry, extra_args)

@@ -8,11 +8,13 @@ they are: their values are not known when the transform is built.
 from __future__ import annotations
 
 import numbers
+import sys
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 
 def concrete_value(value: Any) -> float | None:
@@ -123,3 +125,77 @@ def check_unroll(unroll: Any) -> int | bool:
   if unroll < 1:
     raise ValueError(f"unroll must be >= 1 (or True for a full unroll), got {unroll}.")
   return int(unroll)
+
+
+# Update-time checks of how the transform is wrapped. optax's wrappers cannot
+# be seen from a transform's arguments; the two below change what an update
+# call means, so the transform looks for them among its callers' frames (only
+# the frames whose code could be theirs; a few microseconds, at trace time
+# under jit).
+_MAX_FRAMES = 64
+
+
+def _optax_frames():
+  frame = sys._getframe(1)
+  for _ in range(_MAX_FRAMES):
+    if frame is None:
+      return
+    if frame.f_globals.get("__name__", "").startswith("optax"):
+      yield frame
+    frame = frame.f_back
+
+
+def injected_schedules() -> tuple[str, ...]:
+  """Names of the schedules an enclosing ``optax.inject_hyperparams`` evaluates."""
+  for frame in _optax_frames():
+    if frame.f_code.co_name == "update_fn" and "sched_hps" in frame.f_code.co_freevars:
+      return tuple(sorted(frame.f_locals.get("sched_hps", {})))
+  return ()
+
+
+def inside_multisteps() -> bool:
+  """True when ``optax.MultiSteps`` is calling the transform's update."""
+  for frame in _optax_frames():
+    code = frame.f_code
+    if "self" in code.co_varnames or "self" in code.co_freevars:
+      if isinstance(frame.f_locals.get("self"), optax.MultiSteps):
+        return True
+  return False
+
+
+def check_update_context(fused: bool, inner_steps: int) -> None:
+  """Refuses the wrappers that silently change what an update call means.
+
+  * ``optax.MultiSteps`` around a fused call runs the outer step on every call
+    but keeps the state of only every k-th: the other calls' minibatches are
+    computed and thrown away.
+  * ``optax.inject_hyperparams`` evaluates a schedule at its own count of
+    update calls; in step-interleaved mode (L > 1) those are Langevin steps,
+    so a schedule of the outer steps would run L times too fast.
+
+  Raises:
+    ValueError: saying what to do instead.
+  """
+  if fused and inside_multisteps():
+    raise ValueError(
+        "optax.MultiSteps wraps a fused Entropy-SGD update: it would run the "
+        "outer step on every call and keep only every k-th, throwing the other "
+        "calls' minibatches away. For more data per outer step raise "
+        "inner_steps or the minibatch size; to accumulate gradients, call "
+        "update without grad_fn and batches (step-interleaved mode), which "
+        "MultiSteps supports."
+    )
+  if not fused and inner_steps > 1:
+    names = injected_schedules()
+    if names:
+      listed = ", ".join(repr(n) for n in names)
+      raise ValueError(
+          f"optax.inject_hyperparams holds schedules for {listed} and evaluates "
+          "them at its count of update calls. In step-interleaved mode each "
+          f"call is one Langevin step ({inner_steps} per outer step), so they "
+          f"would run {inner_steps} times too fast. Pass "
+          f"static_args=({listed},) to inject_hyperparams: the transform then "
+          "evaluates them at its outer-step count (they are no longer listed "
+          "in state.hyperparams). Or use fused mode, where one update call is "
+          "one outer step."
+      )
