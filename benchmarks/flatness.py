@@ -101,7 +101,7 @@ def optimizers(args: argparse.Namespace) -> dict[str, optax.GradientTransformati
       # in this short budget, the recipe's inner Nesterov 0.9 did not.
       "Entropy-SGD": entropy_optax.entropy_sgd(
           learning_rate=1.0, inner_steps=args.inner_steps, gamma=entropy_optax.scoping(0.03, 1e-3),
-          langevin_lr=0.1, noise=1e-4, mu_decay=0.75, inner_momentum=0.0, momentum=0.9,
+          langevin_lr=0.1, noise=1e-4, mu_decay=0.75, inner_momentum=None, momentum=0.9,
           nesterov=True, key=args.seed,
       ),
   }

@@ -266,7 +266,7 @@ def make_optimizer(task: str, name: str, steps_per_epoch: int, epochs: int, seed
   if lstm:
     return entropy_optax.entropy_adam(
         adam_lr, inner_steps=inner_steps, gamma=entropy_optax.scoping(0.03, 1e-3), langevin_lr=1.0,
-        noise=1e-4, mu_decay=0.75, inner=clip, key=seed)
+        noise=1e-4, mu_decay=0.75, inner_momentum=None, inner=clip, key=seed)
   if task == "allcnn":
     lr = optax.piecewise_constant_schedule(1.0, {at(e): 0.2 for e in range(80, paper, 80)})
     gamma, wd_inner = entropy_optax.scoping(0.03, 1e-3), 1e-3

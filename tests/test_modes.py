@@ -189,20 +189,26 @@ def test_fused_mode_reads_only_params_not_the_states_walker_buffers(abandon):
   poison = lambda tree: jax.tree.map(lambda a: jnp.full_like(a, jnp.nan), tree)
   dirty = clean._replace(anchor=poison(clean.anchor), mu=poison(clean.mu),
                          momentum=poison(clean.momentum))
+  # One compiled program, inputs that differ only in values it must not read:
+  # bit for bit.
   (u_clean, s_clean), (u_dirty, s_dirty) = step(params, clean), step(params, dirty)
   for a, b in zip(jax.tree.leaves((u_clean, s_clean)), jax.tree.leaves((u_dirty, s_dirty))):
     np.testing.assert_array_equal(a, b)
   new_params = optax.apply_updates(params, u_clean)
   assert int(s_clean.skipped) == int(abandon)
-  for p, anchor, mu, m in zip(*map(jax.tree.leaves, (new_params, s_clean.anchor, s_clean.mu,
-                                                     s_clean.momentum))):
-    np.testing.assert_array_equal(anchor, p)
-    np.testing.assert_array_equal(mu, p)
+  for anchor, mu, m in zip(*map(jax.tree.leaves, (s_clean.anchor, s_clean.mu, s_clean.momentum))):
+    np.testing.assert_array_equal(mu, anchor)  # the same value, stored twice
     np.testing.assert_array_equal(m, np.zeros_like(m))
     assert not np.signbit(m).any()
-  if abandon:
-    for p, q in zip(jax.tree.leaves(new_params), jax.tree.leaves(params)):
+  # The anchor is params + updates inside the step, new_params the same sum
+  # here, eagerly: another program, where XLA may fuse the update's multiply
+  # into that add (an FMA) or not, which moves the sum by at most an ulp
+  # (measured: 0 here, also against the step run op by op). Allowed: 2.
+  harness.assert_close_ulp(s_clean.anchor, new_params, ulps=2)
+  if abandon:  # zero updates: params + 0 is params, and the anchor is params
+    for p, q, anchor in zip(*map(jax.tree.leaves, (new_params, params, s_clean.anchor))):
       np.testing.assert_array_equal(p, q)
+      np.testing.assert_array_equal(anchor, q)
 
 
 def test_unroll_computes_what_the_loop_computes():

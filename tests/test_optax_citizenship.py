@@ -34,7 +34,10 @@ def test_works_inside_optax_chain_like_alone():
   chained, state = harness.run_interleaved(
       optax.chain(optax.identity(), tx, optax.identity()), params, batches
   )
-  _assert_trees_close(alone, chained, rtol=0, atol=0)
+  # The chain is another XLA program, equal only to rounding (2 outer steps;
+  # measured: 0 ulps here, 1 against the chain run op by op).
+  harness.assert_close_ulp(chained, alone, ulps=4)
+  # Within one program the params land exactly on the stored anchor.
   _assert_trees_close(entropy_optax.anchor_params(state), chained, rtol=0, atol=0)
 
 
@@ -87,7 +90,9 @@ def test_learning_rate_and_gamma_take_optax_schedules_of_the_outer_step():
   )
   a, _ = harness.run_fused(constant, params, batches, 3)
   b, _ = harness.run_fused(scheduled, params, batches, 3)
-  _assert_trees_close(a, b, rtol=0, atol=0)
+  # Constants against schedules: two XLA programs, equal to rounding (2 outer
+  # steps; measured: 0 ulps here, 1 against the schedules run op by op).
+  harness.assert_close_ulp(b, a, ulps=4)
   # A learning-rate schedule that is 0 for the first outer step and 0.5 after
   # equals one frozen outer step followed by a normal one.
   lr = optax.piecewise_constant_schedule(0.0, {1: 1e9})

@@ -57,12 +57,33 @@ def _run_parle_fused(tx, params, batches, loss=harness.mlp_loss):
 
 
 def _assert_trees_equal(a, b):
+  """Bit for bit: only for values one program carries through unchanged."""
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+# Parle runs entropy_sgd's arithmetic under vmap, in another XLA program than
+# entropy_sgd alone: fusion decides anew which multiply-adds become FMAs and
+# vectorisation the order of the gradients' sums (vmap also turns
+# step-interleaved mode's cond into a select), so XLA promises the same
+# numbers only to rounding, per machine. A rounding that comes out otherwise
+# moves a result by about an ulp, and these 2 outer steps of 3 Langevin steps
+# carry it on without amplifying it much: params nudged by 1 ulp end at most
+# 2 ulps away. Measured on this 2-core x86 host: 0 ulps (also with XLA's
+# AVX2, AVX-without-FMA and SSE4.2 code paths); against entropy_sgd run op by
+# op (no fusion, no FMA: the most different program), 2.5 ulps; the failing
+# host of the bug report: 1 ulp. PARLE_ULPS allows 3 times the worst.
+PARLE_ULPS = 8
+# The mean of the replicas (reference_lr = 1), summed inside the step and again
+# here: at most an ulp for the order of 2 or 3 terms and one for the division
+# (measured: 0 here, 2 against another summation order).
+MEAN_ULPS = 4
+
+
 @pytest.mark.parametrize("mode", ["interleaved", "fused"])
-def test_one_replica_without_coupling_is_entropy_sgd_number_for_number(mode):
+def test_one_replica_without_coupling_is_entropy_sgd_to_a_few_ulps(mode):
+  """n_replicas = 1 and rho = 0 is entropy_sgd (its params, anchor and, as the
+  reference, its anchor) computed by another XLA program: equal to a few ulps."""
   params, batches = _problem(6)
   single = entropy_optax.entropy_sgd(0.5, **KW)
   parle = entropy_optax.parle(0.5, n_replicas=1, rho=0.0, **KW)
@@ -72,16 +93,11 @@ def test_one_replica_without_coupling_is_entropy_sgd_number_for_number(mode):
   else:
     want, want_state = harness.run_fused(single, params, batches, L)
     got, state = _run_parle_fused(parle, _stack([params]), _stack([batches]))
-  if mode == "interleaved":
-    # vmap turns local_entropy's per-call cond (Langevin or outer step) into a
-    # select, a different XLA program: the outer step may round differently.
-    same = lambda a, b: np.testing.assert_array_max_ulp(np.asarray(a), np.asarray(b), maxulp=4)
-  else:
-    same = lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  for a, b in zip(jax.tree.leaves((_stack([want]), _stack([want_state.anchor]), want_state.anchor)),
-                  jax.tree.leaves((got, entropy_optax.anchor_params(state),
-                                   entropy_optax.reference_params(state))), strict=True):
-    same(a, b)
+  harness.assert_close_ulp(
+      (got, entropy_optax.anchor_params(state), entropy_optax.reference_params(state)),
+      (_stack([want]), _stack([want_state.anchor]), want_state.anchor),
+      ulps=PARLE_ULPS,
+  )
   assert int(state.count) == int(want_state.count) == 2
 
 
@@ -107,9 +123,10 @@ def test_uncoupled_replicas_are_independent_entropy_sgd_runs_with_their_own_batc
     for t in range(2):
       want, want_state = outer_step(
           want, want_state, jax.tree.map(lambda a: a[t * L:(t + 1) * L], per_replica[r]))
-    _assert_trees_equal(want, jax.tree.map(lambda a: a[r], got))
+    harness.assert_close_ulp(jax.tree.map(lambda a: a[r], got), want, ulps=PARLE_ULPS)
+  # reference_lr = 1: the reference is the replicas' mean, taken in the step.
   mean = jax.tree.map(lambda a: jnp.mean(a, axis=0), got)
-  _assert_trees_equal(mean, entropy_optax.reference_params(state))
+  harness.assert_close_ulp(entropy_optax.reference_params(state), mean, ulps=MEAN_ULPS)
 
 
 def _elastic_sgd_reference(x0, targets, *, steps, eta, eta_prime, rho, lam):
@@ -130,7 +147,7 @@ def test_one_inner_step_at_zero_scope_is_elastic_sgd_with_scheduled_rho(mode):
   x0 = rng.normal(size=(4, 5))
   targets = rng.normal(size=(4, 5))
   rho = entropy_optax.scoping(0.5, 0.5)
-  tx = entropy_optax.parle(0.3, n_replicas=4, rho=rho, inner_steps=1, gamma=0.0,
+  tx = entropy_optax.parle(0.3, n_replicas=4, rho=rho, inner_steps=1, gamma=0.0, inner_momentum=None,
                            langevin_lr=0.2, noise=0.0, mu_decay=0.0, reference_lr=0.5)
   # The target c_a of replica a rides along as its minibatch, 6 outer steps.
   batches = np.broadcast_to(targets[:, None], (4, 6, 5))
@@ -163,11 +180,11 @@ def test_step_interleaved_reference_moves_only_on_every_inner_steps_th_call():
   for i in range(L):
     updates, state = step(p, state, _stack([harness.take(batches, i)] * 2))
     p = optax.apply_updates(p, updates)
-    if i < L - 1:
+    if i < L - 1:  # carried through unchanged by the same program: bit for bit
       _assert_trees_equal(start, entropy_optax.reference_params(state))
   assert int(state.count) == 1 and int(state.inner_count) == 0
   mean = jax.tree.map(lambda a: jnp.mean(a, axis=0), p)
-  _assert_trees_equal(mean, entropy_optax.reference_params(state))
+  harness.assert_close_ulp(entropy_optax.reference_params(state), mean, ulps=MEAN_ULPS)
 
 
 def test_unreplicated_params_raise_and_name_the_leaf():

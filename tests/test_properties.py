@@ -191,7 +191,10 @@ def _invalid(name):
     return st.tuples(st.just(name), st.integers(0, 1) | NOT_A_NUMBER)
   else:
     bad = st.floats() | st.just(jnp.ones(3))
-  return st.tuples(st.just(name), bad | st.just(True) | NOT_A_NUMBER)  # a bool is no number
+  not_a_number = NOT_A_NUMBER
+  if name in ("inner_momentum", "momentum"):
+    not_a_number = st.sampled_from(["0.1", [0.1], (0.1,), {"x": 0.1}, 1 + 1j])  # None: no momentum
+  return st.tuples(st.just(name), bad | st.just(True) | not_a_number)  # a bool is no number
 
 
 INVALID = st.sampled_from(

@@ -111,7 +111,7 @@ def test_zero_temperature_outer_step_lands_on_the_proximal_point(mode):
   loss = lambda p, batch: 0.5 * jnp.sum(a * p**2)
   tx = entropy_optax.entropy_sgd(
       1.0, inner_steps=inner_steps, gamma=gamma, langevin_lr=0.1, noise=0.0,
-      mu_decay=0.0,
+      mu_decay=0.0, inner_momentum=None,
   )
   batches = jnp.zeros((inner_steps, 1))
   if mode == "interleaved":
@@ -125,6 +125,7 @@ def test_running_mean_estimates_the_gibbs_mean_with_mu_decay():
   """With alpha = 0.75 mu is an exponential average; at the fixed point it is the prox."""
   a, gamma, x0 = 2.0, 1.0, jnp.array([1.5])
   loss = lambda p, batch: 0.5 * a * jnp.sum(p**2)
-  tx = entropy_optax.entropy_sgd(1.0, inner_steps=300, gamma=gamma, noise=0.0)
+  tx = entropy_optax.entropy_sgd(1.0, inner_steps=300, gamma=gamma, noise=0.0,
+                                 inner_momentum=None)
   x1, _ = harness.run_fused(tx, x0, jnp.zeros((300, 1)), 300, loss=loss)
   np.testing.assert_allclose(x1, gamma * x0 / (a + gamma), rtol=1e-5)
