@@ -124,4 +124,4 @@ def test_train_step_without_state_or_key_takes_the_plain_loss():
   params, _, metrics = step(jnp.zeros(3), tx.init(jnp.zeros(3)), batches)
   expected, _ = harness.run_fused(tx, jnp.zeros(3), batches, L, loss=loss)
   np.testing.assert_allclose(params, expected, rtol=1e-6)
-  assert set(metrics) == {"loss"}
+  assert set(metrics) == {"loss", "skipped"} and int(metrics["skipped"]) == 0
