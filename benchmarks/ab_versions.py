@@ -13,6 +13,9 @@ and state donated) as multiples of the parameter bytes.
 Usage::
 
   python benchmarks/ab_versions.py --ref eb2b279 --inner-steps 5 20 --repeats 40
+
+``--new REF`` compares two commits (the new one imported the same way, as
+``entropy_optax_new``) instead of the working tree against one.
 """
 
 from __future__ import annotations
@@ -34,28 +37,33 @@ import speed
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def import_ref(ref: str, folder: pathlib.Path):
-  """The package as of git ``ref``, importable as ``entropy_optax_ref``."""
+def import_ref(ref: str, folder: pathlib.Path, name: str = "entropy_optax_ref"):
+  """The package as of git ``ref``, importable as ``name``."""
+  folder = folder / name
+  folder.mkdir()
   archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "entropy_optax"],
                            check=True, capture_output=True).stdout
   subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
-  package = folder / "entropy_optax_ref"
+  package = folder / name
   (folder / "entropy_optax").rename(package)
   for path in package.rglob("*.py"):
     text = path.read_text()
-    path.write_text(text.replace("entropy_optax", "entropy_optax_ref"))
+    path.write_text(text.replace("entropy_optax", name))
   sys.path.insert(0, str(folder))
-  return importlib.import_module("entropy_optax_ref")
+  return importlib.import_module(name)
 
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--ref", required=True, help="git commit (or any ref) to compare against")
+  parser.add_argument("--new", default=None, help="a git commit to time instead of the working tree")
   parser.add_argument("--inner-steps", nargs="+", type=int, default=[5, 20])
   parser.add_argument("--repeats", type=int, default=40)
   args = parser.parse_args(argv)
   with tempfile.TemporaryDirectory() as tmp:
     ref = import_ref(args.ref, pathlib.Path(tmp))
+    new = None if args.new is None else import_ref(args.new, pathlib.Path(tmp), "entropy_optax_new")
+    new_name = "new" if args.new is None else f"new {args.new}"
     init, apply = speed.MODELS["mnistfc"]
     loss = speed.make_loss(apply)
     params = init(jax.random.key(0))
@@ -67,7 +75,8 @@ def main(argv=None) -> None:
       for noise, suffix in ((speed.NOISE, ""), (0.0, " noise 0")):
         candidates[f"ref {args.ref}{suffix}"] = speed.entropy_candidate(
             loss, inner_steps, module=ref, noise=noise)
-        candidates[f"new{suffix}"] = speed.entropy_candidate(loss, inner_steps, noise=noise)
+        candidates[f"{new_name}{suffix}"] = speed.entropy_candidate(
+            loss, inner_steps, noise=noise, **({} if new is None else {"module": new}))
       calls, temps = {}, {}
       for name, (tx, run) in candidates.items():
         state = tx.init(params)

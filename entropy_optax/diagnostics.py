@@ -10,7 +10,9 @@ sizes closed over).
 * :func:`hessian_trace`: Hutchinson's trace with its standard error.
 * :func:`hessian_spectral_density`: stochastic Lanczos quadrature.
 * :func:`hvp_fn`: the Hessian-vector product itself.
-* :func:`local_entropy`: F(x; gamma) and <x'> with the optimizer's Langevin step.
+* :func:`local_entropy_estimate`: F(x; gamma) and <x'> with the optimizer's
+  Langevin step (not to be confused with the optimizer
+  :func:`entropy_optax.local_entropy`).
 * :func:`local_energy`: the metric under multiplicative weight noise.
 
 References:
@@ -24,7 +26,7 @@ References:
 from entropy_optax._src.diagnostics.flatness import LocalEnergy
 from entropy_optax._src.diagnostics.flatness import LocalEntropyEstimate
 from entropy_optax._src.diagnostics.flatness import local_energy
-from entropy_optax._src.diagnostics.flatness import local_entropy
+from entropy_optax._src.diagnostics.flatness import local_entropy_estimate
 from entropy_optax._src.diagnostics.hvp import hvp_fn
 from entropy_optax._src.diagnostics.spectrum import Eigenpairs
 from entropy_optax._src.diagnostics.spectrum import SpectralDensity
@@ -44,5 +46,5 @@ __all__ = (
     "hessian_trace",
     "hvp_fn",
     "local_energy",
-    "local_entropy",
+    "local_entropy_estimate",
 )

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import inspect
 import json
+import pathlib
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +24,9 @@ import optax
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 import entropy_optax
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+from benchmarks import hlo as hlo_tools  # noqa: E402  (collectives of a compiled program)
 
 L = 3
 OUTER_STEPS = 2
@@ -93,8 +98,8 @@ def sgd_scan_step(loss, lr=0.1):
   return step
 
 
-def collectives(hlo: str) -> list[dict]:
-  return [op._asdict() for op in entropy_optax.hlo_collectives(hlo)]
+def collectives(hlo_text: str) -> list[dict]:
+  return [op._asdict() for op in hlo_tools.hlo_collectives(hlo_text)]
 
 
 def run(step, params, state, chunks):

@@ -150,7 +150,7 @@ def test_local_entropy_of_a_quadratic_matches_its_closed_form():
   a, x = jnp.linspace(0.0, 2.0, n), jnp.full(n, 0.1)
   loss = lambda p, b: 0.5 * jnp.sum(b * p**2)
   estimate = jax.jit(
-      lambda k: diagnostics.local_entropy(
+      lambda k: diagnostics.local_entropy_estimate(
           loss, x, a[None], k, gamma=gamma, langevin_lr=0.005, noise=noise,
           num_steps=20_000, burn_in=2_000, num_lambdas=6,
       )

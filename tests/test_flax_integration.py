@@ -9,6 +9,7 @@ from flax import nnx
 from flax.training import train_state
 
 import entropy_optax
+import entropy_optax.flax
 import harness
 import reference
 
@@ -62,7 +63,7 @@ def test_nnx_optimizer_runs_step_interleaved_mode_and_at_anchor_swaps_the_anchor
   walker, state = harness.run_interleaved(_tx(), params, batches, loss=loss)
   anchor = entropy_optax.anchor_params(state)
   _assert_trees_close(nnx.as_pure(nnx.state(model, nnx.Param)), walker)
-  with entropy_optax.nnx_at_anchor(model, optimizer) as evaluated:
+  with entropy_optax.flax.nnx_at_anchor(model, optimizer) as evaluated:
     _assert_trees_close(nnx.as_pure(nnx.state(evaluated, nnx.Param)), anchor)
   _assert_trees_close(nnx.as_pure(nnx.state(model, nnx.Param)), walker)
   assert not np.allclose(walker["out"]["kernel"], anchor["out"]["kernel"])
@@ -80,7 +81,7 @@ def test_nnx_optimizer_runs_fused_mode_through_update_with_nnx_grad_fn():
     rest = jax.tree.map(lambda a: a[1:], chunk)
     grads = nnx.grad(_mlp_loss)(model, first)
     optimizer.update(
-        model, grads, grad_fn=entropy_optax.nnx_grad_fn(model, _mlp_loss), batches=rest
+        model, grads, grad_fn=entropy_optax.flax.nnx_grad_fn(model, _mlp_loss), batches=rest
     )
 
   for t in range(2):
@@ -116,7 +117,7 @@ def test_nnx_fused_update_threads_batchnorm_and_dropout_like_interleaved_steps()
   fused_model = BatchNormDropoutNet(nnx.Rngs(0, dropout=1))
   fused_opt = nnx.Optimizer(fused_model, tx, wrt=nnx.Param)
   stats0 = jnp.copy(fused_model.norm.mean[...])
-  step = nnx.jit(entropy_optax.nnx_fused_update, static_argnames=("loss_fn", "has_aux"))
+  step = nnx.jit(entropy_optax.flax.nnx_fused_update, static_argnames=("loss_fn", "has_aux"))
   metrics = step(fused_model, fused_opt, loss_fn=_ce_loss, batches=batches, has_aux=True)
 
   model = BatchNormDropoutNet(nnx.Rngs(0, dropout=1))
@@ -168,7 +169,7 @@ def test_linen_train_state_apply_gradients_runs_step_interleaved_mode_and_linen_
     state = step(state, harness.take(batches, i))
   walker, ref_state = harness.run_interleaved(_tx(), params, batches, loss=loss, calls=2 * L - 1)
   _assert_trees_close(state.params, walker)
-  _assert_trees_close(entropy_optax.linen_at_anchor(state).params,
+  _assert_trees_close(entropy_optax.flax.linen_at_anchor(state).params,
                       entropy_optax.anchor_params(ref_state))
 
 
@@ -179,7 +180,7 @@ def test_linen_fused_apply_gradients_equals_the_fused_transform():
   @jax.jit
   def outer_step(state, chunk):
     first = harness.take(chunk, 0)
-    return entropy_optax.linen_fused_apply_gradients(
+    return entropy_optax.flax.linen_fused_apply_gradients(
         state, grads=jax.grad(loss)(state.params, first), grad_fn=jax.grad(loss),
         batches=jax.tree.map(lambda a: a[1:], chunk),
     )

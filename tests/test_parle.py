@@ -197,9 +197,63 @@ def test_unreplicated_params_raise_and_name_the_leaf():
               grad_fn=lambda p, b: p, batches={"x": jnp.zeros((19, 8))})
 
 
-@pytest.mark.parametrize("bad", [dict(n_replicas=0), dict(n_replicas=2.0), dict(rho=-1.0),
-                                 dict(reference_lr=1.5), dict(reference_lr=0.0)])
-def test_bad_hyperparameters_raise_at_construction_naming_them(bad):
+@pytest.mark.parametrize("bad, error", [
+    (dict(n_replicas=0), ValueError), (dict(n_replicas=2.0), TypeError),
+    (dict(n_replicas="2"), TypeError), (dict(rho=-1.0), ValueError),
+    (dict(reference_lr=1.5), ValueError), (dict(reference_lr=0.0), ValueError),
+    (dict(outer_nesterov=1), TypeError)])
+def test_bad_hyperparameters_raise_at_construction_naming_them(bad, error):
   kwargs = {"n_replicas": 2, "rho": 0.1, **bad}
-  with pytest.raises(ValueError, match=next(iter(bad))):
+  with pytest.raises(error, match=next(iter(bad))):
     entropy_optax.parle(0.1, **kwargs)
+
+
+def _poisoned(batches, replica, call):
+  """``batches`` (replica, call, ...) with NaN inputs in one replica's one call."""
+  return {**batches, "x": batches["x"].at[replica, call].set(jnp.nan)}
+
+
+@pytest.mark.parametrize("mode", ["interleaved", "fused"])
+def test_a_replica_that_abandons_an_outer_step_takes_the_others_with_it(mode):
+  """The replicas keep in step: Parle's counters, the reference and every
+  replica restart the outer step together, and the clean outer step after
+  it is the one a run that never met the NaN takes."""
+  params, batches = _problem(2 * L)
+  tx = entropy_optax.parle(0.5, n_replicas=2, rho=1.0, **KW)
+  p0 = entropy_optax.replicate(params, 2)
+  clean = _stack([harness.take(batches, slice(0, L)), harness.take(batches, slice(L, 2 * L))])
+  poisoned = _poisoned(clean, replica=1, call=1)  # mid-loop: the 2nd Langevin step
+  run = _run_parle_interleaved if mode == "interleaved" else _run_parle_fused
+  if mode == "interleaved":
+    # The poisoned call and the one before it; the outer step is abandoned at the 2nd.
+    p, state = run(tx, p0, jax.tree.map(lambda a: a[:, :2], poisoned))
+  else:
+    p, state = run(tx, p0, jax.tree.map(lambda a: a[:, :L], poisoned))
+  assert int(state.count) == 0 and int(state.inner_count) == 0
+  np.testing.assert_array_equal(state.replicas.skipped, [1, 1])
+  np.testing.assert_array_equal(state.replicas.inner_count, [0, 0])
+  np.testing.assert_array_equal(state.replicas.count, [0, 0])
+  _assert_trees_equal(p, p0)  # every walker back at its anchor, no anchor moved
+  _assert_trees_equal(state.replicas.anchor, p0)
+  _assert_trees_equal(entropy_optax.reference_params(state), params)
+
+  # Then one clean outer step from there equals a run that never met the NaN.
+  step = jax.jit(lambda p, s, b: tx.update(jax.vmap(jax.grad(harness.mlp_loss))(p, b), s, p))
+  grad_fn = jax.grad(harness.mlp_loss)
+  fused_step = jax.jit(lambda p, s, chunk: tx.update(
+      jax.vmap(grad_fn)(p, jax.tree.map(lambda a: a[:, 0], chunk)), s, p, grad_fn=grad_fn,
+      batches=jax.tree.map(lambda a: a[:, 1:], chunk)))
+  expected_p, expected_state = run(tx, p0, jax.tree.map(lambda a: a[:, :L], clean))
+  if mode == "interleaved":
+    for i in range(L):
+      updates, state = step(p, state, jax.tree.map(lambda a: a[:, i], clean))
+      p = optax.apply_updates(p, updates)
+  else:
+    updates, state = fused_step(p, state, jax.tree.map(lambda a: a[:, :L], clean))
+    p = optax.apply_updates(p, updates)
+  assert int(state.count) == 1 and int(state.inner_count) == 0
+  np.testing.assert_array_equal(state.replicas.count, [1, 1])
+  np.testing.assert_array_equal(state.replicas.skipped, [1, 1])
+  harness.assert_close_ulp(p, expected_p, ulps=PARLE_ULPS)
+  harness.assert_close_ulp(entropy_optax.reference_params(state),
+                           entropy_optax.reference_params(expected_state), ulps=PARLE_ULPS)

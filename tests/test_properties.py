@@ -65,6 +65,7 @@ HYPERPARAMETERS = st.fixed_dictionaries({
     "mu_decay": st.floats(0.0, 0.99),
     "inner_momentum": _zero_or(st.floats(0.0, 0.95)),
     "nesterov": st.booleans(),
+    "outer_nesterov": st.booleans(),
     "momentum": _zero_or(st.floats(0.0, 0.95)),
     "weight_decay": st.floats(0.0, 1e-2),
     "scale_by_gamma": st.booleans(),
@@ -187,7 +188,7 @@ def _invalid(name):
     bad = st.floats(max_value=0.0, allow_infinity=False) | nan
   elif name == "inner_steps":
     bad = st.integers(max_value=0) | st.floats(allow_nan=False) | st.booleans()
-  elif name in ("nesterov", "scale_by_gamma"):
+  elif name in ("nesterov", "outer_nesterov", "scale_by_gamma"):
     return st.tuples(st.just(name), st.integers(0, 1) | NOT_A_NUMBER)
   else:
     bad = st.floats() | st.just(jnp.ones(3))
@@ -198,7 +199,8 @@ def _invalid(name):
 
 
 INVALID = st.sampled_from(
-    NON_NEGATIVE + UNIT_INTERVAL + ["langevin_lr", "inner_steps", "nesterov", "scale_by_gamma", "key"]
+    NON_NEGATIVE + UNIT_INTERVAL + ["langevin_lr", "inner_steps", "nesterov", "outer_nesterov", "scale_by_gamma",
+                    "key"]
 ).flatmap(_invalid)
 
 

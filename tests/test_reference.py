@@ -29,7 +29,7 @@ RECIPES = {
     # Heavy-ball (non-Nesterov) inner and outer momentum.
     "heavy_ball": dict(
         tx=dict(learning_rate=0.5, momentum=0.5, inner_momentum=0.5, nesterov=False,
-                gamma=0.1),
+                outer_nesterov=False, gamma=0.1),
         ref=dict(eta=0.5, outer_momentum=0.5, beta=0.5, nesterov=False, gamma0=0.1),
     ),
 }

@@ -15,6 +15,7 @@ import optax
 import pytest
 
 import entropy_optax
+import entropy_optax.flax
 
 L = 3
 
@@ -148,7 +149,7 @@ def test_a_second_linen_train_state_after_a_donated_step():
 
   def step(state, batches):
     grads = jax.grad(loss)(state.params, jax.tree.map(lambda a: a[0], batches))
-    return entropy_optax.linen_fused_apply_gradients(
+    return entropy_optax.flax.linen_fused_apply_gradients(
         state, grads=grads, grad_fn=jax.grad(loss),
         batches=jax.tree.map(lambda a: a[1:], batches))
 
@@ -292,7 +293,7 @@ def test_nnx_fused_update_names_the_users_batches_when_their_count_is_wrong():
   optimizer = nnx.Optimizer(model, entropy_optax.entropy_sgd(1.0, inner_steps=L), wrt=nnx.Param)
   loss_fn = lambda m, batch: jnp.mean((m(batch["x"]) - batch["y"]) ** 2)
   with pytest.raises(ValueError, match=r"nnx_fused_update takes one outer step of inner_steps = 3"):
-    entropy_optax.nnx_fused_update(model, optimizer, loss_fn, make_batches(2))
+    entropy_optax.flax.nnx_fused_update(model, optimizer, loss_fn, make_batches(2))
 
 
 def test_a_value_and_grad_grad_fn_is_refused_saying_to_return_grads_only():

@@ -21,6 +21,7 @@ def entropy_sgd(
     inner_momentum: Optional[float] = 0.9,
     nesterov: bool = True,
     momentum: Optional[float] = None,
+    outer_nesterov: bool = True,
     weight_decay: float = 0.0,
     scale_by_gamma: bool = False,
     key: Any = 0,
@@ -72,9 +73,11 @@ def entropy_sgd(
     inner_momentum: beta, momentum of the Langevin steps on the data gradient
       (authors' Lua code: 0.9, the default), reset every outer step, in
       [0, 1); ``None`` for none (no buffer; 0.0 keeps one, as in optax).
-    nesterov: Nesterov form for both the inner and the outer momentum.
+    nesterov: Nesterov form of the inner momentum (in every factory of the
+      package ``nesterov`` means the inner momentum's form).
     momentum: outer momentum on D, in [0, 1) (authors' PyTorch port: 0.9);
       ``None`` (default, the Lua code) keeps no buffer.
+    outer_nesterov: Nesterov form of the outer momentum (the PyTorch port's).
     weight_decay: wd (``--L2``), added as wd x' to every Langevin gradient.
     scale_by_gamma: use Alg. 1's outer gradient gamma (x - mu).
     key: an int seed or a JAX PRNG key for the Langevin noise.
@@ -114,9 +117,9 @@ def entropy_sgd(
   validation.check_non_negative("learning_rate", learning_rate)
   if momentum is not None:
     validation.check_unit_interval("momentum", momentum)
-  nesterov = validation.check_bool("nesterov", nesterov)
+  outer_nesterov = validation.check_bool("outer_nesterov", outer_nesterov)
   return transform.local_entropy(
-      optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov),
+      optax.sgd(learning_rate, momentum=momentum, nesterov=outer_nesterov),
       inner_steps=inner_steps,
       gamma=gamma,
       langevin_lr=langevin_lr,
@@ -157,7 +160,7 @@ def entropy_adam(
 
   The paper's char-LSTM experiment ran it with L = 5 against Adam. The
   Langevin inner loop is the one of :func:`entropy_sgd`; only the outer
-  update differs (``nesterov`` applies to the inner momentum).
+  update differs.
 
   Args:
     learning_rate: Adam's step size on the anchor; float or schedule.

@@ -1,38 +1,30 @@
 """Flax NNX and Linen helpers: fused outer steps and evaluation at the anchor.
 
-Flax is imported inside the functions that need it, so the core package does
-not require it.
+Public as :mod:`entropy_optax.flax`, the only part of the package that
+imports flax.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
+from flax import nnx
+from flax.training import train_state
 import jax
 import jax.numpy as jnp
 import optax
 
-from entropy_optax._src.state_utils import anchor_params
-from entropy_optax._src.state_utils import find_state
-from entropy_optax._src.state_utils import replace_carry
-from entropy_optax._src.train_step import minibatch_picker
-from entropy_optax._src.train_step import restating_batch_count
-from entropy_optax._src.train_step import steps_of
-
-if TYPE_CHECKING:
-  from flax import nnx
-  from flax.training import train_state
+from entropy_optax._src import fused_step
+from entropy_optax._src.state import anchor_params
 
 
 def _param_filter(wrt: Any) -> Any:
-  from flax import nnx
-
   return nnx.Param if wrt is None else wrt
 
 
 def nnx_grad_fn(
-    model: "nnx.Module",
+    model: nnx.Module,
     loss_fn: Callable[..., Any],
     *,
     wrt: Any = None,
@@ -59,7 +51,7 @@ def nnx_grad_fn(
     ``grad_fn(params, batch) -> grads``, grads shaped like params.
 
   Examples:
-    >>> import jax, jax.numpy as jnp, entropy_optax
+    >>> import jax, jax.numpy as jnp, entropy_optax, entropy_optax.flax
     >>> from flax import nnx
     >>> model = nnx.Linear(2, 1, rngs=nnx.Rngs(0))
     >>> tx = entropy_optax.entropy_sgd(0.5, inner_steps=3)
@@ -70,7 +62,7 @@ def nnx_grad_fn(
     >>> rest = jax.tree.map(lambda a: a[1:], batches)
     >>> grads = nnx.grad(loss_fn)(model, first)
     >>> _ = optimizer.update(model, grads, batches=rest,
-    ...                      grad_fn=entropy_optax.nnx_grad_fn(model, loss_fn))
+    ...                      grad_fn=entropy_optax.flax.nnx_grad_fn(model, loss_fn))
     >>> int(optimizer.opt_state.count[...])
     1
   """
@@ -80,18 +72,14 @@ def nnx_grad_fn(
   return lambda params, batch: value_and_grad(params, rest, batch)[1]
 
 
-def _nnx_rest(model: "nnx.Module", wrt: Any) -> Any:
-  from flax import nnx
-
+def _nnx_rest(model: nnx.Module, wrt: Any) -> Any:
   return nnx.as_pure(nnx.state(model, nnx.Not(wrt)))
 
 
 def _nnx_value_and_grad(
-    model: "nnx.Module", loss_fn: Callable[..., Any], wrt: Any, has_aux: bool
+    model: nnx.Module, loss_fn: Callable[..., Any], wrt: Any, has_aux: bool
 ) -> Callable[..., Any]:
   """``f(params, rest, batch) -> ((loss, aux), grads, rest)`` on pure states."""
-  from flax import nnx
-
   graphdef = nnx.graphdef(model)
 
   def loss_and_rest(params, rest, batch):
@@ -110,8 +98,8 @@ def _nnx_value_and_grad(
 
 
 def nnx_fused_update(
-    model: "nnx.Module",
-    optimizer: "nnx.Optimizer",
+    model: nnx.Module,
+    optimizer: nnx.Optimizer,
     loss_fn: Callable[..., Any],
     batches: Any,
     *,
@@ -141,7 +129,7 @@ def nnx_fused_update(
     aux, with ``has_aux``.
 
   Examples:
-    >>> import jax, jax.numpy as jnp, entropy_optax
+    >>> import jax, jax.numpy as jnp, entropy_optax, entropy_optax.flax
     >>> from flax import nnx
     >>> class Net(nnx.Module):
     ...   def __init__(self, rngs):
@@ -154,63 +142,34 @@ def nnx_fused_update(
     >>> optimizer = nnx.Optimizer(
     ...     model, entropy_optax.entropy_sgd(0.5, inner_steps=3), wrt=nnx.Param)
     >>> loss_fn = lambda m, batch: jnp.mean(m(batch) ** 2)
-    >>> step = nnx.jit(entropy_optax.nnx_fused_update, static_argnums=2)
+    >>> step = nnx.jit(entropy_optax.flax.nnx_fused_update, static_argnums=2)
     >>> metrics = step(model, optimizer, loss_fn, jnp.ones((3, 8, 2)))
     >>> metrics["loss"].shape, int(optimizer.opt_state.count[...])
     ((), 1)
   """
-  from flax import nnx
-
   wrt = optimizer.wrt
   value_and_grad = _nnx_value_and_grad(model, loss_fn, wrt, has_aux)
-
-  # The scan runs over minibatch indices: ``batches[1:]`` would be copied.
-  pick = minibatch_picker(batches)
-  steps = steps_of(batches)
-
-  def grad_fn(params, k, carry):
-    rest, loss_sum, aux_sum = carry
-    (loss, aux), grads, rest = value_and_grad(params, rest, pick(k))
-    aux_sum = jax.tree.map(jnp.add, aux_sum, aux) if has_aux else None
-    return grads, (rest, loss_sum + loss, aux_sum)
-
-  out, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, wrt), has_aux=has_aux)(
-      model, pick(0)
+  out = fused_step.fused_outer_step(
+      optimizer.tx,
+      nnx.as_pure(nnx.state(model, wrt)),
+      nnx.as_pure(optimizer.opt_state),
+      value_and_grad,
+      batches,
+      _nnx_rest(model, wrt),
+      has_aux=has_aux,
+      caller="nnx_fused_update",
   )
-  loss, aux = out if has_aux else (out, None)
-  aux = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), aux) if has_aux else None
-  carry = (_nnx_rest(model, wrt), loss.astype(jnp.float32), aux)
-
-  # nnx.Optimizer writes the new state into the old one leaf by leaf, so the
-  # carry slot must already have the carry's structure: seed it, then empty it.
-  _set_nnx_carry(optimizer, carry)
-  skipped_before = find_state(nnx.as_pure(optimizer.opt_state)).skipped
-  with restating_batch_count(batches, "nnx_fused_update"):
-    optimizer.update(
-        model, grads, grad_fn=grad_fn, batches=jnp.arange(1, steps, dtype=jnp.int32),
-        carry=carry,
-    )
-  state = find_state(nnx.as_pure(optimizer.opt_state))
-  rest, loss_sum, aux_sum = state.carry
-  _set_nnx_carry(optimizer, None)
-  nnx.update(model, rest)
-
-  metrics = {"loss": loss_sum / steps, "skipped": jnp.sum(state.skipped - skipped_before)}
-  if has_aux:
-    metrics["aux"] = jax.tree.map(lambda a: a / steps, aux_sum)
-  return metrics
-
-
-def _set_nnx_carry(optimizer: "nnx.Optimizer", carry: Any) -> None:
-  from flax import nnx
-  from flax.nnx.training import optimizer as nnx_optimizer
-
-  wrapped = None if carry is None else nnx_optimizer.to_opt_state(carry)
-  optimizer.opt_state = nnx.data(replace_carry(optimizer.opt_state, wrapped))
+  # What nnx.Optimizer.update does with its results, the carry slot being
+  # back as it was (the state keeps its structure).
+  nnx.update(model, out.params)
+  nnx.update(model, out.model_state)
+  nnx.update(optimizer.opt_state, nnx.state(out.opt_state))
+  optimizer.step[...] += 1
+  return out.metrics
 
 
 @contextlib.contextmanager
-def nnx_at_anchor(model: "nnx.Module", optimizer: "nnx.Optimizer") -> Iterator["nnx.Module"]:
+def nnx_at_anchor(model: nnx.Module, optimizer: nnx.Optimizer) -> Iterator[nnx.Module]:
   """Swaps the anchor into ``model`` for evaluation, and the walker back after.
 
   In step-interleaved mode the model holds the walker; the weights to
@@ -225,7 +184,7 @@ def nnx_at_anchor(model: "nnx.Module", optimizer: "nnx.Optimizer") -> Iterator["
     ``model``, holding the anchor until the ``with`` block ends.
 
   Examples:
-    >>> import jax.numpy as jnp, entropy_optax
+    >>> import jax.numpy as jnp, entropy_optax, entropy_optax.flax
     >>> from flax import nnx
     >>> model = nnx.Linear(2, 1, rngs=nnx.Rngs(0))
     >>> optimizer = nnx.Optimizer(
@@ -233,13 +192,11 @@ def nnx_at_anchor(model: "nnx.Module", optimizer: "nnx.Optimizer") -> Iterator["
     >>> grads = nnx.grad(lambda m: jnp.sum(m(jnp.ones((1, 2)))))(model)
     >>> _ = optimizer.update(model, grads)  # one Langevin step: model is the walker
     >>> walker = model.kernel[...]
-    >>> with entropy_optax.nnx_at_anchor(model, optimizer):
+    >>> with entropy_optax.flax.nnx_at_anchor(model, optimizer):
     ...   moved = bool(jnp.any(model.kernel[...] != walker))
     >>> moved, bool(jnp.all(model.kernel[...] == walker))
     (True, True)
   """
-  from flax import nnx
-
   walker = jax.tree.map(jnp.copy, nnx.as_pure(nnx.state(model, optimizer.wrt)))
   nnx.update(model, anchor_params(nnx.as_pure(optimizer.opt_state)))
   try:
@@ -248,7 +205,7 @@ def nnx_at_anchor(model: "nnx.Module", optimizer: "nnx.Optimizer") -> Iterator["
     nnx.update(model, walker)
 
 
-def linen_at_anchor(state: "train_state.TrainState") -> "train_state.TrainState":
+def linen_at_anchor(state: train_state.TrainState) -> train_state.TrainState:
   """``state`` with its params replaced by the anchor: the weights to evaluate.
 
   For a Flax Linen ``TrainState`` trained in step-interleaved mode
@@ -257,26 +214,26 @@ def linen_at_anchor(state: "train_state.TrainState") -> "train_state.TrainState"
   and ``replace``.
 
   Examples:
-    >>> import jax.numpy as jnp, entropy_optax
+    >>> import jax.numpy as jnp, entropy_optax, entropy_optax.flax
     >>> from flax.training import train_state
     >>> state = train_state.TrainState.create(
     ...     apply_fn=None, params={"w": jnp.ones(2)},
     ...     tx=entropy_optax.entropy_sgd(0.5, inner_steps=2))
     >>> state = state.apply_gradients(grads={"w": jnp.ones(2)})
-    >>> entropy_optax.linen_at_anchor(state).params["w"]
+    >>> entropy_optax.flax.linen_at_anchor(state).params["w"]
     Array([1., 1.], dtype=float32)
   """
   return state.replace(params=anchor_params(state.opt_state))
 
 
 def linen_fused_apply_gradients(
-    state: "train_state.TrainState",
+    state: train_state.TrainState,
     *,
     grads: Any,
     grad_fn: Callable[..., Any],
     batches: Any,
     carry: Optional[Any] = None,
-) -> "train_state.TrainState":
+) -> train_state.TrainState:
   """``TrainState.apply_gradients`` for fused mode: one outer step.
 
   ``TrainState.apply_gradients`` passes no extra arguments to ``tx.update``,
@@ -297,14 +254,14 @@ def linen_fused_apply_gradients(
     The new ``TrainState``.
 
   Examples:
-    >>> import jax, jax.numpy as jnp, entropy_optax
+    >>> import jax, jax.numpy as jnp, entropy_optax, entropy_optax.flax
     >>> from flax.training import train_state
     >>> loss = lambda p, x: jnp.sum((p["w"] - x) ** 2)
     >>> state = train_state.TrainState.create(
     ...     apply_fn=None, params={"w": jnp.zeros(2)},
     ...     tx=entropy_optax.entropy_sgd(1.0, inner_steps=3, noise=0.0))
     >>> batches = jnp.ones((3, 2))
-    >>> state = entropy_optax.linen_fused_apply_gradients(
+    >>> state = entropy_optax.flax.linen_fused_apply_gradients(
     ...     state, grads=jax.grad(loss)(state.params, batches[0]),
     ...     grad_fn=jax.grad(loss), batches=batches[1:])
     >>> int(state.step), bool(jnp.all(state.params["w"] > 0))

@@ -10,22 +10,38 @@ from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from entropy_optax._src import noise as noise_lib
 
 
 class LangevinHyperparams(NamedTuple):
-  """The scalars of one Langevin step (each a float or a scalar array)."""
+  """The settings of one Langevin step.
+
+  The first six fields are numbers: each a Python float or a scalar array,
+  which may be traced (a schedule's value, an injected hyperparameter). The
+  last three are static Python values that choose the program: changing
+  them under ``jit`` recompiles, and they cannot be traced.
+  """
 
   gamma: Any
+  """The scope gamma (traced or not)."""
   langevin_lr: Any
+  """eta', the step size (traced or not)."""
   noise: Any
+  """eps, the thermal noise (traced or not)."""
   mu_decay: Any
+  """alpha, the weight of the old mean (traced or not)."""
   weight_decay: Any
+  """wd (traced or not)."""
   inner_momentum: Any
+  """beta (traced or not); unused when the momentum buffer is None."""
   nesterov: bool
+  """Static: the Nesterov form of the momentum."""
   draw_noise: bool
+  """Static: False skips the draws (noise is the constant 0)."""
   noise_generator: str = "hash"
+  """Static: the generator of the N(0, 1) draws."""
 
 
 class LangevinResult(NamedTuple):
@@ -73,15 +89,21 @@ def langevin_step(
   Examples:
     One noiseless step from the anchor with gradient 1: x' moves by -eta'.
 
-    >>> import jax, jax.numpy as jnp, entropy_optax
-    >>> hp = entropy_optax.LangevinHyperparams(
+    >>> import jax, jax.numpy as jnp
+    >>> from entropy_optax import langevin
+    >>> hp = langevin.LangevinHyperparams(
     ...     gamma=0.1, langevin_lr=0.5, noise=0.0, mu_decay=0.75, weight_decay=0.0,
     ...     inner_momentum=0.0, nesterov=True, draw_noise=False)
     >>> x = jnp.zeros(2)
-    >>> step = entropy_optax.langevin_step(jnp.ones(2), x, x, x, None, jax.random.key(0), hp)
+    >>> step = langevin.langevin_step(jnp.ones(2), x, x, x, None, jax.random.key(0), hp)
     >>> step.walker, step.mu
     (Array([-0.5, -0.5], dtype=float32), Array([-0.125, -0.125], dtype=float32))
   """
+  if not all(isinstance(v, (bool, np.bool_)) for v in (hp.nesterov, hp.draw_noise)):
+    raise TypeError(
+        "LangevinHyperparams.nesterov and .draw_noise must be Python bools (static "
+        f"settings), got {type(hp.nesterov).__name__} and {type(hp.draw_noise).__name__}."
+    )
   xi = (
       noise_lib.standard_normal_like(key, walker, hp.noise_generator)
       if hp.draw_noise

@@ -6,17 +6,17 @@ replica axis of every leaf; its outer transform is SGD on
 replica axis, once per outer step.
 """
 
-import numbers
 from typing import Any, Callable, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from entropy_optax._src import schedules
-from entropy_optax._src import state_utils
+from entropy_optax._src import state as state_lib
 from entropy_optax._src import transform
+from entropy_optax._src import tree_utils
+from entropy_optax._src import updates as updates_lib
 from entropy_optax._src import validation
 
 ScalarOrSchedule = optax.ScalarOrSchedule
@@ -36,8 +36,10 @@ class ParleState(NamedTuple):
   [0, inner_steps)."""
   reference: optax.Params
   """The reference x_ref: the weights to evaluate, shaped like one replica."""
-  replicas: transform.EntropySGDState
-  """The replicas' Entropy-SGD states, every leaf with a leading replica axis."""
+  replicas: state_lib.EntropySGDState
+  """The replicas' Entropy-SGD states, every leaf with a leading replica axis.
+  The replicas keep in step: when one abandons an outer step (a non-finite
+  value), all do, and each one's ``skipped`` counts it."""
 
 
 def _elastic_coupling() -> optax.GradientTransformationExtraArgs:
@@ -56,29 +58,12 @@ def _elastic_coupling() -> optax.GradientTransformationExtraArgs:
   return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update_fn)
 
 
-def _check_replicated(name: str, tree: Any, n_replicas: int) -> None:
-  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-    shape = np.shape(leaf)
-    if not shape or shape[0] != n_replicas:
-      raise ValueError(
-          f"{name} must hold the n_replicas = {n_replicas} replicas along each "
-          f"leaf's leading axis, but {name}{jax.tree_util.keystr(path)} has shape "
-          f"{shape}; build replicated params with entropy_optax.replicate."
-      )
-
-
 def _replica_keys(key_data: jax.Array, n_replicas: int) -> jax.Array:
   """Replica 0 keeps the key (so one replica is entropy_sgd); replica a
   folds a in."""
   base = jax.random.wrap_key_data(key_data)
   folded = jax.vmap(lambda a: jax.random.fold_in(base, a))(jnp.arange(n_replicas))
   return jax.random.key_data(folded).at[0].set(key_data)
-
-
-def _check_n_replicas(n_replicas: Any) -> int:
-  if isinstance(n_replicas, bool) or not isinstance(n_replicas, numbers.Integral) or n_replicas < 1:
-    raise ValueError(f"n_replicas must be a positive Python int, got {n_replicas!r}.")
-  return int(n_replicas)
 
 
 def replicate(params: optax.Params, n_replicas: int) -> optax.Params:
@@ -97,7 +82,7 @@ def replicate(params: optax.Params, n_replicas: int) -> optax.Params:
     >>> entropy_optax.replicate({"w": jnp.zeros(3)}, 2)["w"].shape
     (2, 3)
   """
-  n_replicas = _check_n_replicas(n_replicas)
+  n_replicas = validation.check_positive_int("n_replicas", n_replicas)
   return jax.tree.map(lambda p: jnp.stack([jnp.asarray(p)] * n_replicas), params)
 
 
@@ -114,6 +99,7 @@ def parle(
     inner_momentum: Optional[float] = 0.9,
     nesterov: bool = True,
     momentum: Optional[float] = None,
+    outer_nesterov: bool = True,
     weight_decay: float = 0.0,
     scale_by_gamma: bool = False,
     reference_lr: float = 1.0,
@@ -179,9 +165,10 @@ def parle(
     mu_decay: alpha, the weight of the OLD mean of the walker.
     inner_momentum: beta, momentum of the Langevin steps (default 0.9, the
       authors' recipe; ``None`` for none).
-    nesterov: Nesterov form of the inner and outer momentum.
+    nesterov: Nesterov form of the inner momentum.
     momentum: outer momentum on each replica's D_a + rho (x_a - x_ref);
       ``None`` (default) for none.
+    outer_nesterov: Nesterov form of the outer momentum.
     weight_decay: wd x' added to every Langevin gradient.
     scale_by_gamma: use gamma (x_a - mu_a) as D_a.
     reference_lr: lambda in (0, 1], how far x_ref moves to the replicas'
@@ -219,13 +206,13 @@ def parle(
     parallelizing stochastic gradient descent
     <https://arxiv.org/abs/1707.00424>`_, 2017.
   """
-  n_replicas = _check_n_replicas(n_replicas)
+  n_replicas = validation.check_positive_int("n_replicas", n_replicas)
   inner_steps = validation.check_inner_steps(inner_steps)
   validation.check_non_negative("learning_rate", learning_rate)
   validation.check_non_negative("rho", rho)
   if momentum is not None:
     validation.check_unit_interval("momentum", momentum)
-  nesterov = validation.check_bool("nesterov", nesterov)
+  outer_nesterov = validation.check_bool("outer_nesterov", outer_nesterov)
   validation.check_positive("reference_lr", reference_lr)
   if validation.concrete_value(reference_lr) is not None and reference_lr > 1:
     raise ValueError(f"reference_lr must lie in (0, 1], got {reference_lr}.")
@@ -233,7 +220,7 @@ def parle(
   replica_tx = transform.local_entropy(
       optax.chain(
           _elastic_coupling(),
-          optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov),
+          optax.sgd(learning_rate, momentum=momentum, nesterov=outer_nesterov),
       ),
       inner_steps=inner_steps,
       gamma=gamma,
@@ -250,17 +237,10 @@ def parle(
       unroll=unroll,
   )
 
-  def move_reference(reference: optax.Params, anchors: optax.Params) -> optax.Params:
-    def move(r, a):
-      mean = jnp.mean(a, axis=0).astype(r.dtype)
-      lam = jnp.asarray(reference_lr, r.dtype)
-      # (1 - lam) r + lam mean, not r + lam (mean - r): exactly the mean at lam = 1.
-      return (1 - lam) * r + lam * mean
-
-    return jax.tree.map(move, reference, anchors)
+  move_reference = lambda reference, anchors: _move_reference(reference, anchors, reference_lr)
 
   def init_fn(params: optax.Params) -> ParleState:
-    _check_replicated("params", params, n_replicas)
+    validation.check_replicated("params", params, n_replicas)
     replicas = jax.vmap(replica_tx.init)(params)
     return ParleState(
         count=jnp.zeros([], jnp.int32),
@@ -279,43 +259,16 @@ def parle(
       carry: Any = None,
       **extra_args: Any,
   ) -> tuple[optax.Updates, ParleState]:
-    if params is None:
-      raise ValueError(
-          "Parle needs params: call update(grads, state, params) with the "
-          "replicated params (the walkers in step-interleaved mode)."
-      )
-    _check_replicated("params", params, n_replicas)
-    _check_replicated("grads", updates, n_replicas)
+    validation.check_params_given(params, "Parle")
+    validation.check_replicated("params", params, n_replicas)
+    validation.check_replicated("grads", updates, n_replicas)
+    fused = validation.check_mode_args(grad_fn, batches, carry, inner_steps)
     extra_args[_COUPLING_ARG] = (schedules.evaluate(rho, state.count), state.reference)
-
-    if grad_fn is None:
-      if batches is not None or carry is not None:
-        raise ValueError("fused mode needs grad_fn too; pass grad_fn with batches.")
-      replica_update = lambda g, s, p: replica_tx.update(g, s, p, **extra_args)
-      updates, replicas = jax.vmap(replica_update)(updates, state.replicas, params)
-      finishes = state.inner_count == inner_steps - 1
-      # The cond keeps the replica-axis all-reduce out of the other L - 1 calls.
-      reference = jax.lax.cond(
-          finishes,
-          lambda: move_reference(state.reference, replicas.anchor),
-          lambda: state.reference,
-      )
-    else:
-      if batches is None:
-        raise ValueError(
-            "fused mode needs batches: the remaining inner_steps - 1 = "
-            f"{inner_steps - 1} minibatches of every replica, leaves shaped "
-            f"(n_replicas = {n_replicas}, {inner_steps - 1}, ...)."
-        )
-      _check_replicated("batches", batches, n_replicas)
+    if fused:
+      validation.check_replicated("batches", batches, n_replicas)
       if carry is not None:
-        _check_replicated("carry", carry, n_replicas)
-      if not isinstance(state.inner_count, jax.core.Tracer) and int(state.inner_count):
-        raise ValueError(
-            "fused mode starts an outer step, but the state is "
-            f"{int(state.inner_count)} step-interleaved calls into one: take "
-            f"the remaining {inner_steps - int(state.inner_count)} first."
-        )
+        validation.check_replicated("carry", carry, n_replicas)
+      validation.check_not_mid_loop(state.inner_count, inner_steps)
 
       def replica_update(g, s, p, b, c):
         return replica_tx.update(g, s, p, grad_fn=grad_fn, batches=b, carry=c, **extra_args)
@@ -323,17 +276,72 @@ def parle(
       updates, replicas = jax.vmap(replica_update)(
           updates, state.replicas, params, batches, carry
       )
-      finishes = jnp.asarray(True)
-      reference = move_reference(state.reference, replicas.anchor)
-
+      anchor = params
+    else:
+      replica_update = lambda g, s, p: replica_tx.update(g, s, p, **extra_args)
+      updates, replicas = jax.vmap(replica_update)(updates, state.replicas, params)
+      anchor = state.replicas.anchor
+    updates, replicas, abandoned = _in_step(
+        state.replicas, replicas, updates, params, anchor,
+        state.replicas.carry if carry is None else carry, fused,
+    )
+    finishes = (
+        jnp.asarray(True) if fused else state.inner_count == inner_steps - 1
+    ) & ~abandoned
+    if fused:
+      moved = move_reference(state.reference, replicas.anchor)
+      reference = tree_utils.select(finishes, moved, state.reference)
+    else:
+      # The cond keeps the replica-axis all-reduce out of the other L - 1
+      # step-interleaved calls (and out of abandoned ones).
+      reference = jax.lax.cond(
+          finishes,
+          lambda: move_reference(state.reference, replicas.anchor),
+          lambda: state.reference,
+      )
     return updates, ParleState(
         count=state.count + finishes.astype(jnp.int32),
-        inner_count=jnp.where(finishes, 0, state.inner_count + 1).astype(jnp.int32),
+        inner_count=jnp.where(finishes | abandoned, 0, state.inner_count + 1).astype(jnp.int32),
         reference=reference,
         replicas=replicas,
     )
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _move_reference(reference: optax.Params, anchors: optax.Params,
+                    reference_lr: float) -> optax.Params:
+  """x_ref <- (1 - lambda) x_ref + lambda mean_a x_a: one all-reduce of the anchors."""
+
+  def move(r, a):
+    mean = jnp.mean(a, axis=0).astype(r.dtype)
+    lam = jnp.asarray(reference_lr, r.dtype)
+    # (1 - lam) r + lam mean, not r + lam (mean - r): exactly the mean at lam = 1.
+    return (1 - lam) * r + lam * mean
+
+  return jax.tree.map(move, reference, anchors)
+
+
+def _in_step(before, after, updates, params, anchor, carry, fused):
+  """Keeps the replicas in step: if one abandoned its outer step, all do.
+
+  Each replica restarts the outer step from its anchor, as the one that met
+  the non-finite value did, and counts it in ``skipped``.
+
+  Returns:
+    ``(updates, replicas, abandoned)``.
+  """
+  abandoned = jnp.any(after.skipped != before.skipped)
+  restarted = updates_lib.abandon(before, anchor, carry)
+  # Fused mode's momentum is zero either way: keep the loop's buffer.
+  if fused:
+    restarted = restarted._replace(momentum=after.momentum)
+  back_to_anchor = jax.tree.map(lambda x, p: (x - p).astype(p.dtype), anchor, params)
+  return (
+      tree_utils.select(abandoned, back_to_anchor, updates),
+      tree_utils.select(abandoned, restarted, after),
+      abandoned,
+  )
 
 
 def reference_params(opt_state: optax.OptState) -> optax.Params:
@@ -356,4 +364,4 @@ def reference_params(opt_state: optax.OptState) -> optax.Params:
     >>> entropy_optax.reference_params(state)["w"]
     Array([2.], dtype=float32)
   """
-  return state_utils.find_one(opt_state, ParleState, "entropy_optax.parle").reference
+  return state_lib.find_one(opt_state, ParleState, "entropy_optax.parle").reference

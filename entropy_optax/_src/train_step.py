@@ -2,88 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
+from entropy_optax._src import fused_step
+from entropy_optax._src import inner_loop
+from entropy_optax._src import state as state_lib
 from entropy_optax._src import validation
-from entropy_optax._src.state_utils import find_state
-from entropy_optax._src.state_utils import replace_carry
-from entropy_optax._src.transform import BatchCountError
-from entropy_optax._src.transform import EntropySGDState
-
-
-def steps_of(batches: Any) -> int:
-  """The length of the leading (minibatch) axis of stacked minibatches.
-
-  Raises:
-    ValueError: if ``batches`` has no array leaves, a 0-d leaf, or leaves
-      whose leading axes differ; the message names the leaves.
-  """
-  leaves = jax.tree_util.tree_leaves_with_path(batches)
-  if not leaves:
-    raise ValueError("batches holds no arrays: pass minibatches stacked along a leading axis.")
-  lengths = {}
-  for path, leaf in leaves:
-    shape = np.shape(leaf)
-    if not shape:
-      raise ValueError(
-          f"batches{jax.tree_util.keystr(path)} is a scalar; every leaf of batches "
-          "needs a leading minibatch axis."
-      )
-    lengths.setdefault(shape[0], jax.tree_util.keystr(path))
-  if len(lengths) > 1:
-    listed = ", ".join(f"batches{p} has {n}" for n, p in lengths.items())
-    raise ValueError(
-        "the leaves of batches disagree on the number of minibatches (their "
-        f"leading axis): {listed}."
-    )
-  return next(iter(lengths))
-
-
-@contextlib.contextmanager
-def restating_batch_count(batches: Any, caller: str) -> Iterator[None]:
-  """Restates a fused call's wrong minibatch count in its caller's terms.
-
-  ``caller`` passes all L minibatches (the first for the gradient at the
-  anchor) and hands the transform indices of the other L - 1, whose shape
-  would mean nothing to the user.
-  """
-  try:
-    yield
-  except BatchCountError as error:
-    inner_steps = error.inner_steps
-    path, leaf = jax.tree_util.tree_leaves_with_path(batches)[0]
-    raise ValueError(
-        f"{caller} takes one outer step of inner_steps = {inner_steps} "
-        f"minibatches, stacked along the leading axis of every leaf of "
-        f"batches, but batches{jax.tree_util.keystr(path)} has shape "
-        f"{np.shape(leaf)}: {np.shape(leaf)[0]} minibatches. Pass "
-        f"{inner_steps} (e.g. reshape the data to ({inner_steps}, batch_size, "
-        "...)), or build the transform with inner_steps="
-        f"{np.shape(leaf)[0]}."
-    ) from None
-
-
-def minibatch_picker(batches: Any) -> Callable[[Any], Any]:
-  """``pick(k)``: minibatch ``k`` of ``batches`` (k may be traced), no copy."""
-  return lambda k: jax.tree.map(
-      lambda a: jax.lax.dynamic_index_in_dim(a, k, keepdims=False), batches
-  )
-
-
-def holds_entropy_state(opt_state: optax.OptState) -> bool:
-  """True when ``opt_state`` holds an :class:`EntropySGDState`."""
-  is_state = lambda node: isinstance(node, EntropySGDState)
-  return any(is_state(n) for n in jax.tree.leaves(opt_state, is_leaf=is_state))
-
-
-def _mean_over_steps(total: Any, steps: int) -> Any:
-  return jax.tree.map(lambda a: a / steps, total)
 
 
 def make_train_step(
@@ -155,11 +83,38 @@ def make_train_step(
     (1, True, 0)
   """
 
-  def evaluate(params, model_state, batch, key):
-    """(loss, model_state, aux) of one minibatch; grads w.r.t. params."""
+  unroll = validation.check_unroll(unroll)
+  evaluate = _evaluate_fn(loss_fn, has_aux, has_state)
+
+  def step(params, opt_state, batches, model_state=None, key=None):
+    steps = fused_step.steps_of(batches)
+    keys = None if key is None else jax.random.split(key, steps)
+    if state_lib.holds_entropy_state(opt_state):
+      out = fused_step.fused_outer_step(
+          tx, params, opt_state, evaluate, (batches, keys), model_state,
+          has_aux=has_aux, caller="make_train_step's step", shown_batches=batches,
+      )
+      params, opt_state, model_state, metrics = out
+    else:
+      params, opt_state, carry = _plain_steps(
+          tx, evaluate, params, opt_state, (batches, keys), model_state, has_aux, unroll
+      )
+      model_state, metrics = carry[0], fused_step.metrics_of(carry, steps, has_aux)
+    if has_state:
+      return params, opt_state, metrics, model_state
+    return params, opt_state, metrics
+
+  donated = ("params", "opt_state", "model_state") if donate else ()
+  return jax.jit(step, donate_argnames=donated)
+
+
+def _evaluate_fn(loss_fn: Callable[..., Any], has_aux: bool,
+                 has_state: bool) -> fused_step.Evaluate:
+  """``loss_fn`` as ``evaluate(params, model_state, (batch, key))``, with grads."""
+
+  def loss_and_rest(params, model_state, batch, key):
     args = (params, model_state, batch) if has_state else (params, batch)
-    kwargs = {} if key is None else {"key": key}
-    out = loss_fn(*args, **kwargs)
+    out = loss_fn(*args, **({} if key is None else {"key": key}))
     if not (has_aux or has_state):
       return out, (None, None)
     loss, extra = out
@@ -167,85 +122,30 @@ def make_train_step(
       return loss, extra
     return loss, (extra, None) if has_state else (None, extra)
 
-  value_and_grad = jax.value_and_grad(evaluate, has_aux=True)
+  value_and_grad = jax.value_and_grad(loss_and_rest, has_aux=True)
 
-  def grad_and_carry(params, batch, carry):
-    """The fused carry contract: carry = (model_state, loss sum, aux sum)."""
-    model_state, loss_sum, aux_sum = carry
-    batch, key = batch
-    (loss, (model_state, aux)), grads = value_and_grad(params, model_state, batch, key)
-    aux_sum = jax.tree.map(jnp.add, aux_sum, aux) if has_aux else None
-    return grads, (model_state, loss_sum + loss, aux_sum)
+  def evaluate(params, model_state, batch_and_key):
+    (loss, (model_state, aux)), grads = value_and_grad(params, model_state, *batch_and_key)
+    return (loss, aux), grads, model_state
 
-  def first_carry(params, model_state, batch):
-    """The gradient on the first minibatch and the carry after it."""
-    (loss, (model_state, aux)), grads = value_and_grad(params, model_state, *batch)
-    aux_sum = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), aux) if has_aux else None
-    return grads, (model_state, loss.astype(jnp.float32), aux_sum)
+  return evaluate
 
-  def fused(params, opt_state, batches, model_state):
-    # The scan runs over minibatch indices, not over ``batches[1:]``, which
-    # XLA would copy.
-    pick = minibatch_picker(batches)
-    grads, carry = first_carry(params, model_state, pick(0))
-    updates, new_state = tx.update(
-        grads, opt_state, params,
-        grad_fn=lambda p, k, c: grad_and_carry(p, pick(k), c),
-        batches=jnp.arange(1, steps_of(batches), dtype=jnp.int32), carry=carry,
-    )
-    carry = find_state(new_state).carry
-    return optax.apply_updates(params, updates), replace_carry(
-        new_state, find_state(opt_state).carry
-    ), carry
 
-  def plain(params, opt_state, batches, model_state):
-    def apply(params, opt_state, grads):
-      updates, opt_state = tx.update(grads, opt_state, params)
-      return optax.apply_updates(params, updates), opt_state
+def _plain_steps(tx, evaluate, params, opt_state, batches, model_state, has_aux, unroll):
+  """K ordinary optax steps, one per minibatch: the same gradient count."""
+  acc = fused_step.accumulator(evaluate, has_aux)
+  pick = fused_step.minibatch_picker(batches)
 
-    pick = minibatch_picker(batches)
+  def apply(params, opt_state, grads):
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
 
-    def scan_body(loop, k):
-      params, opt_state, carry = loop
-      grads, carry = grad_and_carry(params, pick(k), carry)
-      return (*apply(params, opt_state, grads), carry), None
+  def body(loop, k):
+    params, opt_state, carry = loop
+    grads, carry = acc.next(params, pick(k), carry)
+    return (*apply(params, opt_state, grads), carry), None
 
-    grads, carry = first_carry(params, model_state, pick(0))
-    loop = (*apply(params, opt_state, grads), carry)
-    rest = steps_of(batches) - 1
-    if unroll is True or (unroll is not False and 1 < unroll and rest <= unroll):
-      for k in range(1, rest + 1):  # no loop at all: lax.scan keeps a one-trip loop
-        loop, _ = scan_body(loop, k)
-    else:
-      loop, _ = jax.lax.scan(
-          scan_body, loop, jnp.arange(1, rest + 1, dtype=jnp.int32),
-          unroll=1 if unroll is False else unroll,
-      )
-    return loop
-
-  def step(params, opt_state, batches, model_state=None, key=None):
-    steps = steps_of(batches)
-    keys = None if key is None else jax.random.split(key, steps)
-    entropy = holds_entropy_state(opt_state)
-    if entropy:
-      skipped_before = find_state(opt_state).skipped
-      with restating_batch_count(batches, "make_train_step's step"):
-        params, opt_state, (model_state, loss_sum, aux_sum) = fused(
-            params, opt_state, (batches, keys), model_state
-        )
-    else:
-      params, opt_state, (model_state, loss_sum, aux_sum) = plain(
-          params, opt_state, (batches, keys), model_state
-      )
-    metrics = {"loss": loss_sum / steps}
-    if entropy:
-      metrics["skipped"] = jnp.sum(find_state(opt_state).skipped - skipped_before)
-    if has_aux:
-      metrics["aux"] = _mean_over_steps(aux_sum, steps)
-    if has_state:
-      return params, opt_state, metrics, model_state
-    return params, opt_state, metrics
-
-  unroll = validation.check_unroll(unroll)
-  donated = ("params", "opt_state", "model_state") if donate else ()
-  return jax.jit(step, donate_argnames=donated)
+  grads, carry = acc.first(params, model_state, pick(0))
+  loop = (*apply(params, opt_state, grads), carry)
+  indices = jnp.arange(1, fused_step.steps_of(batches), dtype=jnp.int32)
+  return inner_loop.scan_or_unroll(body, loop, indices, unroll)

@@ -1,8 +1,11 @@
-"""Construction-time checks of hyperparameters.
+"""Checks of what the user passes: hyperparameters, update arguments, context.
 
-Only concrete numbers are checked. Traced values (``optax.inject_hyperparams``
-passes hyperparameters as arrays inside ``jit``) and schedules are accepted as
-they are: their values are not known when the transform is built.
+Construction-time checks look at concrete numbers only. Traced values
+(``optax.inject_hyperparams`` passes hyperparameters as arrays inside ``jit``)
+and schedules are accepted as they are: their values are not known when the
+transform is built. Update-time checks look at shapes, structures and dtypes,
+which are static under ``jit``, and at how the transform is wrapped.
+Wrong types raise ``TypeError``, wrong values and shapes ``ValueError``.
 """
 
 from __future__ import annotations
@@ -96,6 +99,18 @@ def check_inner_steps(inner_steps: Any) -> int:
   if inner_steps < 1:
     raise ValueError(f"inner_steps must be >= 1, got {inner_steps}.")
   return int(inner_steps)
+
+
+def check_positive_int(name: str, value: Any) -> int:
+  """A static Python int >= 1 (a count such as ``n_replicas``)."""
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    raise TypeError(
+        f"{name} must be a positive Python int, got {value!r} of type "
+        f"{type(value).__name__}."
+    )
+  if value < 1:
+    raise ValueError(f"{name} must be >= 1, got {value}.")
+  return int(value)
 
 
 def check_bool(name: str, value: Any) -> bool:
@@ -198,4 +213,131 @@ def check_update_context(fused: bool, inner_steps: int) -> None:
           "evaluates them at its outer-step count (they are no longer listed "
           "in state.hyperparams). Or use fused mode, where one update call is "
           "one outer step."
+      )
+
+
+# Update-time checks: the arguments of an update call.
+
+
+def check_params_given(params: Any, what: str) -> None:
+  """Entropy-SGD and Parle need the params: the walker or the anchor."""
+  if params is None:
+    raise ValueError(
+        f"{what} needs params: call update(grads, state, params); in "
+        "step-interleaved mode params is the walker x'."
+    )
+
+
+def check_like_params(name: str, tree: Any, params: Any) -> None:
+  """Raises unless ``tree`` has the structure and shapes of ``params``."""
+  if jax.tree.structure(tree) != jax.tree.structure(params):
+    raise ValueError(
+        f"{name} must have the tree structure of params.\n"
+        f"  {name}: {jax.tree.structure(tree)}\n"
+        f"  params: {jax.tree.structure(params)}"
+    )
+  for (path, leaf), param in zip(
+      jax.tree_util.tree_leaves_with_path(tree), jax.tree.leaves(params)
+  ):
+    if not isinstance(leaf, (jax.Array, np.ndarray, np.generic, numbers.Number)):
+      raise TypeError(
+          f"{name}{jax.tree_util.keystr(path)} must be an array, got "
+          f"{type(leaf).__name__}."
+      )
+    if np.shape(leaf) != np.shape(param):
+      raise ValueError(
+          f"{name}{jax.tree_util.keystr(path)} has shape {np.shape(leaf)}, but "
+          f"the param there has shape {np.shape(param)}."
+      )
+
+
+def check_floating(params: Any) -> None:
+  """Every leaf of params must be a float array: Langevin steps move them."""
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+      raise TypeError(
+          f"params{jax.tree_util.keystr(path)} has dtype {jnp.result_type(leaf)}; "
+          "Entropy-SGD moves params by Langevin steps, so every leaf must be a "
+          "float array. Keep integer or bool leaves out of the optimized tree "
+          "(optax.masked or optax.multi_transform with optax.set_to_zero)."
+      )
+
+
+def check_state_matches(anchor: Any, params: Any) -> None:
+  """The state was built by ``init`` on params of this structure."""
+  if jax.tree.structure(anchor) != jax.tree.structure(params):
+    raise ValueError(
+        "opt_state was initialised for params of another structure: call "
+        "tx.init on these params.\n"
+        f"  params: {jax.tree.structure(params)}\n"
+        f"  opt_state's anchor: {jax.tree.structure(anchor)}"
+    )
+
+
+def check_mode_args(grad_fn: Any, batches: Any, carry: Any, inner_steps: int) -> bool:
+  """Checks the fused-mode keywords come together; returns True for fused mode."""
+  if (grad_fn is None) != (batches is None):
+    raise ValueError(
+        "fused mode needs both grad_fn and batches (the remaining "
+        f"inner_steps - 1 = {inner_steps - 1} minibatches); got only "
+        f"{'grad_fn' if batches is None else 'batches'}. Pass neither for "
+        "step-interleaved mode."
+    )
+  if carry is not None and grad_fn is None:
+    raise ValueError("carry is threaded through grad_fn: pass grad_fn and batches too.")
+  return grad_fn is not None
+
+
+def check_not_mid_loop(inner_count: Any, inner_steps: int) -> None:
+  """A fused call starts an outer step: the state must be between outer steps.
+
+  ``inner_count`` is only known outside ``jit``; traced, it is not checked.
+  """
+  if isinstance(inner_count, jax.core.Tracer):
+    return
+  taken = int(np.max(np.asarray(inner_count)))
+  if taken:
+    raise ValueError(
+        f"fused mode starts an outer step, but the state is {taken} Langevin "
+        f"steps into one: take the remaining {inner_steps - taken} "
+        "step-interleaved steps first."
+    )
+
+
+class BatchCountError(ValueError):
+  """A fused call's ``batches`` do not hold inner_steps - 1 minibatches.
+
+  ``make_train_step`` and the Flax helpers catch it to restate it in terms
+  of the batches their caller passed.
+  """
+
+  def __init__(self, message: str, inner_steps: int):
+    super().__init__(message)
+    self.inner_steps = inner_steps
+
+
+def check_batches(batches: Any, inner_steps: int, axis: int = 0) -> None:
+  """Every leaf of ``batches`` holds inner_steps - 1 minibatches along ``axis``."""
+  for path, leaf in jax.tree_util.tree_leaves_with_path(batches):
+    shape = np.shape(leaf)
+    if len(shape) <= axis or shape[axis] != inner_steps - 1:
+      raise BatchCountError(
+          "batches must hold the remaining inner_steps - 1 = "
+          f"{inner_steps - 1} minibatches along each leaf's "
+          f"{'leading axis' if axis == 0 else f'axis {axis}'} (the grads passed "
+          f"to update are the first of inner_steps = {inner_steps}), but "
+          f"batches{jax.tree_util.keystr(path)} has shape {shape}.",
+          inner_steps,
+      )
+
+
+def check_replicated(name: str, tree: Any, n_replicas: int) -> None:
+  """Every leaf of ``tree`` holds the replicas along its leading axis."""
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    shape = np.shape(leaf)
+    if not shape or shape[0] != n_replicas:
+      raise ValueError(
+          f"{name} must hold the n_replicas = {n_replicas} replicas along each "
+          f"leaf's leading axis, but {name}{jax.tree_util.keystr(path)} has shape "
+          f"{shape}; build replicated params with entropy_optax.replicate."
       )

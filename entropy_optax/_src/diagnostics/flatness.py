@@ -11,6 +11,7 @@ from jax import flatten_util
 
 from entropy_optax._src import langevin
 from entropy_optax._src import noise as noise_lib
+from entropy_optax._src import validation
 from entropy_optax._src.diagnostics import hvp
 
 
@@ -32,7 +33,7 @@ class LocalEntropyEstimate(NamedTuple):
   """<f(x')> under the Gibbs measure with the loss scaled by each lambda."""
 
 
-def local_entropy(
+def local_entropy_estimate(
     loss_fn: hvp.LossFn,
     params: Any,
     batches: Any,
@@ -47,7 +48,7 @@ def local_entropy(
 ) -> LocalEntropyEstimate:
   r"""The local entropy F(x; gamma) and the Gibbs mean <x'>, by Langevin.
 
-  The optimizer's Langevin step (:func:`entropy_optax.langevin_step`, no inner
+  The optimizer's Langevin step (:func:`entropy_optax.langevin.langevin_step`, no inner
   momentum, no weight decay) samples, for small ``langevin_lr``, the Gibbs
   measure :math:`p(x') \propto \exp(-[\lambda f(x') + \tfrac{\gamma}{2}
   \|x - x'\|^2] / T)` at temperature :math:`T = \text{noise}^2`. The local
@@ -83,7 +84,9 @@ def local_entropy(
     params: the anchor x.
     batches: a pytree whose leaves share a leading axis of B minibatches.
     key: PRNG key of the Langevin noise.
-    gamma: the scope gamma (> 0).
+    gamma: the scope gamma (> 0). A concrete gamma <= 0 raises; a traced one
+      (the function under ``jax.jit`` with gamma an argument) cannot, and
+      gives an estimate whose every field is NaN.
     langevin_lr: the Langevin step size eta'.
     noise: the thermal noise eps; the temperature is eps^2.
     num_steps: steps averaged per chain (static).
@@ -99,13 +102,14 @@ def local_entropy(
     >>> import jax, jax.numpy as jnp
     >>> from entropy_optax import diagnostics
     >>> loss = lambda p, b: 0.5 * jnp.sum(b * p ** 2)       # f(x') = |x'|^2 / 2
-    >>> est = diagnostics.local_entropy(
+    >>> est = diagnostics.local_entropy_estimate(
     ...     loss, jnp.full(2, 1.0), jnp.ones((1, 2)), jax.random.key(0),
     ...     gamma=1.0, noise=0.0, langevin_lr=0.5, num_steps=10, num_lambdas=0)
     >>> est.mean_params      # the proximal point gamma x / (1 + gamma)
     Array([0.5, 0.5], dtype=float32)
   """
-  if gamma <= 0:
+  concrete_gamma = validation.concrete_value(gamma)
+  if concrete_gamma is not None and concrete_gamma <= 0:
     raise ValueError(f"gamma must be positive for a normalisable Gibbs measure, got {gamma}.")
   if num_steps < 1 or burn_in < 0 or num_lambdas < 0:
     raise ValueError(
@@ -170,7 +174,7 @@ def local_entropy(
   log_partition = (
       -jnp.sum(weights * losses[:-1]) / temperature if num_lambdas else jnp.asarray(jnp.nan, dtype)
   )
-  return LocalEntropyEstimate(
+  estimate = LocalEntropyEstimate(
       mean_params=jax.tree.map(lambda m: m[-1], mus),
       mean_loss=losses[-1],
       mean_sq_distance=dists[-1],
@@ -178,6 +182,10 @@ def local_entropy(
       lambdas=lambdas,
       lambda_losses=losses[:-1],
   )
+  if concrete_gamma is not None:
+    return estimate
+  # No Gibbs measure to sample for gamma <= 0: say so with NaN, not numbers.
+  return jax.tree.map(lambda a: jnp.where(jnp.asarray(gamma) > 0, a, jnp.nan), estimate)
 
 
 class LocalEnergy(NamedTuple):

@@ -1,4 +1,8 @@
-"""The collectives of a compiled XLA program: what a sharded step communicates."""
+"""The collectives of a compiled XLA program: what a sharded step communicates.
+
+A measuring tool of the benchmarks and the sharding tests, not part of the
+installed package.
+"""
 
 from __future__ import annotations
 
@@ -49,9 +53,10 @@ def hlo_collectives(compiled: Union[jax.stages.Compiled, str]) -> list[Collectiv
     One :class:`Collective` per op.
 
   Examples:
-    >>> import jax, jax.numpy as jnp, entropy_optax
+    >>> import jax, jax.numpy as jnp
+    >>> from benchmarks import hlo
     >>> compiled = jax.jit(lambda x: 2 * x).lower(jnp.ones(3)).compile()
-    >>> entropy_optax.hlo_collectives(compiled)  # one device: no communication
+    >>> hlo.hlo_collectives(compiled)  # one device: no communication
     []
   """
   text = compiled if isinstance(compiled, str) else compiled.as_text()

@@ -1,13 +1,62 @@
-"""Reading the Entropy-SGD state out of any optax state that wraps it."""
+"""The Entropy-SGD state, and reading it out of any optax state that wraps it."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple, Optional
 
 import jax
 import optax
 
-from entropy_optax._src.transform import EntropySGDState
+
+class EntropySGDState(NamedTuple):
+  """State of :func:`~entropy_optax.local_entropy` (and so of ``entropy_sgd``, ``entropy_adam``).
+
+  In step-interleaved mode the params passed to ``update`` are the walker x';
+  the anchor x lives here. :func:`entropy_optax.anchor_params` finds it.
+  """
+
+  count: jax.Array
+  """Outer steps taken (int32); the scope schedule is evaluated at it."""
+  inner_count: jax.Array
+  """Langevin steps taken in the current outer step, in [0, inner_steps)."""
+  anchor: optax.Params
+  """The anchor x: the weights to evaluate."""
+  mu: optax.Params
+  """Running mean of the walker, the estimate of <x'>; equal to the anchor
+  between outer steps."""
+  momentum: Optional[optax.Params]
+  """Inner momentum buffer m, zero between outer steps; None when the
+  transform keeps no inner momentum (``inner_momentum=None``)."""
+  key: jax.Array
+  """Raw uint32 PRNG key data; constant: each step folds in its counters."""
+  outer_state: optax.OptState
+  """State of the outer transform, which receives D = x - mu as its updates."""
+  inner_state: optax.OptState
+  """State of the ``inner`` transform applied to every Langevin gradient."""
+  skipped: jax.Array
+  """Outer steps abandoned because a non-finite value appeared (int32)."""
+  carry: Any
+  """The last fused call's ``grad_fn`` carry (BatchNorm statistics, say);
+  None until a fused call passes ``carry``."""
+
+
+def is_entropy_state(node: Any) -> bool:
+  """True when ``node`` is an :class:`EntropySGDState`: the one test the package uses.
+
+  Examples:
+    >>> import jax.numpy as jnp, entropy_optax
+    >>> state = entropy_optax.entropy_sgd(1.0).init(jnp.ones(2))
+    >>> entropy_optax.is_entropy_state(state), entropy_optax.is_entropy_state(())
+    (True, False)
+  """
+  return isinstance(node, EntropySGDState)
+
+
+def find_all(opt_state: optax.OptState, predicate: Any) -> list[Any]:
+  """Every node of the pytree ``opt_state`` for which ``predicate`` holds."""
+  return [
+      node for node in jax.tree.leaves(opt_state, is_leaf=predicate) if predicate(node)
+  ]
 
 
 def find_one(opt_state: optax.OptState, state_type: type, made_by: str) -> Any:
@@ -17,14 +66,18 @@ def find_one(opt_state: optax.OptState, state_type: type, made_by: str) -> Any:
     ValueError: if ``opt_state`` holds none, or several; ``made_by`` names the
       factories whose states are of that type.
   """
-  is_state = lambda node: isinstance(node, state_type)
-  found = [node for node in jax.tree.leaves(opt_state, is_leaf=is_state) if is_state(node)]
+  found = find_all(opt_state, lambda node: isinstance(node, state_type))
   if len(found) != 1:
     raise ValueError(
         f"opt_state must hold exactly one {state_type.__name__}, found {len(found)}; "
         f"pass the state of a transform built with {made_by}."
     )
   return found[0]
+
+
+def holds_entropy_state(opt_state: optax.OptState) -> bool:
+  """True when ``opt_state`` holds an :class:`EntropySGDState` anywhere."""
+  return bool(find_all(opt_state, is_entropy_state))
 
 
 def find_state(opt_state: optax.OptState) -> EntropySGDState:
@@ -61,11 +114,10 @@ def replace_carry(opt_state: optax.OptState, carry: Any) -> optax.OptState:
     (3,)
   """
   find_state(opt_state)
-  is_state = lambda node: isinstance(node, EntropySGDState)
   return jax.tree.map(
-      lambda node: node._replace(carry=carry) if is_state(node) else node,
+      lambda node: node._replace(carry=carry) if is_entropy_state(node) else node,
       opt_state,
-      is_leaf=is_state,
+      is_leaf=is_entropy_state,
   )
 
 
