@@ -3,17 +3,17 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install test test-fast demo clean
+.PHONY: install test test-fast docs docs-doctest demo clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e '.[dev,examples]'
+	$(PY) -m pip install -e '.[dev,examples,docs]'
 	touch $@
 
 install: $(VENV)/.installed
 
-test: install
+test: install docs docs-doctest
 	$(PY) -m pytest
 
 test-fast: install
@@ -33,7 +33,15 @@ demo: install
 	    && apt-get install -y -qq dataset-fashion-mnist >/dev/null \
 	    || echo "note: apt-get could not install dataset-fashion-mnist; the demo looks elsewhere"; \
 	fi
-	$(PY) -m entropy_optax.demo $(DEMO_ARGS)
+	$(PY) benchmarks/demo.py $(DEMO_ARGS)
+
+# The documentation site (Sphinx, myst-nb, furo): warnings are errors. docs-doctest runs
+# every {testcode}/{doctest} example of the pages. Neither needs the network.
+docs: install
+	$(VENV)/bin/sphinx-build -W --keep-going -b html docs docs/_build/html
+
+docs-doctest: install
+	$(VENV)/bin/sphinx-build -W --keep-going -b doctest docs docs/_build/doctest
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache build *.egg-info docs/_build docs/notebooks

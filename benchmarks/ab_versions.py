@@ -21,8 +21,11 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import difflib
+import hashlib
 import importlib
 import pathlib
+import re
 import statistics
 import subprocess
 import sys
@@ -53,12 +56,31 @@ def import_ref(ref: str, folder: pathlib.Path, name: str = "entropy_optax_ref"):
   return importlib.import_module(name)
 
 
+def normalized_program(compiled) -> list[str]:
+  """The compiled program's text with names, metadata, ids and source locations stripped."""
+  text = compiled.as_text()
+  text = text[text.find("\n%"):]  # the computations, after the stack-frame tables
+  text = re.sub(r", metadata=\{[^}]*\}", "", text)
+  text = re.sub(r", stack_frame_id=\d+", "", text)
+  text = re.sub(r"(param_\d+)\.\d+", r"\1", text)
+  text = re.sub(r"%[\w.\-]+", "%v", text)  # value and computation names
+  return text.splitlines()
+
+
+def program_fingerprint(lines: list[str]) -> str:
+  """Two candidates with the same fingerprint run the same XLA program: their
+  speed and memory are equal by construction, whatever the timing noise."""
+  return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:12]
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--ref", required=True, help="git commit (or any ref) to compare against")
   parser.add_argument("--new", default=None, help="a git commit to time instead of the working tree")
   parser.add_argument("--inner-steps", nargs="+", type=int, default=[5, 20])
   parser.add_argument("--repeats", type=int, default=40)
+  parser.add_argument("--show-diff", type=int, default=0, metavar="N",
+                      help="print the first N lines of each ref/new program diff")
   args = parser.parse_args(argv)
   with tempfile.TemporaryDirectory() as tmp:
     ref = import_ref(args.ref, pathlib.Path(tmp))
@@ -77,11 +99,12 @@ def main(argv=None) -> None:
             loss, inner_steps, module=ref, noise=noise)
         candidates[f"{new_name}{suffix}"] = speed.entropy_candidate(
             loss, inner_steps, noise=noise, **({} if new is None else {"module": new}))
-      calls, temps = {}, {}
+      calls, temps, prints = {}, {}, {}
       for name, (tx, run) in candidates.items():
         state = tx.init(params)
         donated = jax.jit(run, donate_argnums=(0, 1)).lower(params, state, batches).compile()
         temps[name] = donated.memory_analysis().temp_size_in_bytes / param_bytes
+        prints[name] = normalized_program(donated)
         calls[name] = (jax.jit(run), state)
         jax.block_until_ready(calls[name][0](params, state, batches))
       times = {name: [] for name in calls}
@@ -93,7 +116,14 @@ def main(argv=None) -> None:
       print(f"mnistfc, L = {inner_steps}, {args.repeats} repetitions:")
       for name, ts in times.items():
         ratio = statistics.median(t / s for t, s in zip(ts, times["sgd"]))
-        print(f"  {name:24s} {ratio:.3f}x SGD per gradient   temporaries {temps[name]:.2f}x params")
+        print(f"  {name:24s} {ratio:.3f}x SGD per gradient   temporaries {temps[name]:.2f}x params"
+              f"   program {program_fingerprint(prints[name])}")
+      for suffix in ("", " noise 0"):
+        diff = [line for line in difflib.unified_diff(
+            prints[f"ref {args.ref}{suffix}"], prints[f"{new_name}{suffix}"], lineterm="", n=0)
+            if line[:1] in "+-" and line[:3] not in ("+++", "---")]
+        print(f"  program diff, ref vs new{suffix}: {len(diff)} lines"
+              + "".join(f"\n    {line[:160]}" for line in diff[:args.show_diff]))
 
 
 if __name__ == "__main__":

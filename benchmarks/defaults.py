@@ -47,7 +47,11 @@ import numpy as np
 import optax
 
 import entropy_optax
-from entropy_optax import data as data_lib
+
+if not __package__:  # run as `python benchmarks/defaults.py`: make the package `benchmarks` importable
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+from benchmarks import datasets as data_lib  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
 INNER_STEPS = 20  # entropy_sgd's default L: budgets are multiples of it.

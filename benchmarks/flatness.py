@@ -33,8 +33,12 @@ import numpy as np
 import optax
 
 import entropy_optax
-from entropy_optax import data as data_lib
 from entropy_optax import diagnostics
+
+if not __package__:  # run as `python benchmarks/flatness.py`: make the package `benchmarks` importable
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+from benchmarks import datasets as data_lib  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
 
@@ -160,7 +164,7 @@ def measure(params: Any, hessian_batches: Any, energy_batches: Any, sigmas: np.n
   energy, out["energy_seconds"] = timed(energy_fn, params, energy_batches)
   out["local_energy"] = np.asarray(energy.mean).tolist()
   out["local_energy_stderr"] = np.asarray(energy.stderr).tolist()
-  entropy_fn = jax.jit(lambda p, b: diagnostics.local_entropy(
+  entropy_fn = jax.jit(lambda p, b: diagnostics.local_entropy_estimate(
       loss_fn, p, b, k_entropy, gamma=0.03, langevin_lr=0.1, noise=1e-4,
       num_steps=args.entropy_steps, burn_in=args.entropy_steps // 5, num_lambdas=4))
   entropy, out["entropy_seconds"] = timed(entropy_fn, params, hessian_batches)

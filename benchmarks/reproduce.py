@@ -42,8 +42,12 @@ import numpy as np
 import optax
 
 import entropy_optax
-from entropy_optax import data as data_lib
-from entropy_optax import models
+
+if not __package__:  # run as `python benchmarks/reproduce.py`: make the package `benchmarks` importable
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+from benchmarks import datasets as data_lib  # noqa: E402
+from benchmarks import models  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
 TASKS = ("mnistfc", "lenet", "charlstm", "allcnn")

@@ -7,7 +7,7 @@ subprocess, since the flag must be set before jax is imported), and reports
 for every configuration:
 
 * the largest difference of the final weights from the 1-device run;
-* the collectives of the compiled step (``entropy_optax.hlo_collectives``):
+* the collectives of the compiled step (``benchmarks.hlo.hlo_collectives``):
   how many ops of each kind, and their result bytes per device;
 * the time per outer step, SIMULATED: N virtual devices share this machine's
   cores, so the times say nothing about real scaling.
@@ -72,6 +72,10 @@ def worker(args: argparse.Namespace) -> None:
 
   import entropy_optax
 
+  if not __package__:  # run as `python benchmarks/scaling.py`: make `benchmarks` importable
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+  from benchmarks import hlo
+
   n_dev, L, steps = args.worker, args.inner_steps, args.outer_steps
   assert jax.device_count() == n_dev, jax.devices()
   rng = np.random.default_rng(0)
@@ -112,7 +116,7 @@ def worker(args: argparse.Namespace) -> None:
       p, state = compiled(p, state, item)
     jax.block_until_ready(p)
     seconds = (time.perf_counter() - start) / max(len(inputs) - 1, 1) * steps_per_outer
-    ops = entropy_optax.hlo_collectives(compiled)
+    ops = hlo.hlo_collectives(compiled)
     finals[name] = {jax.tree_util.keystr(path): np.asarray(leaf)
                     for path, leaf in jax.tree_util.tree_leaves_with_path(p)}
     results[name] = {"seconds_per_outer_step_simulated": seconds,
@@ -236,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
       f"- One model's params: {n_params} float32 = {4 * n_params} B. Parle's only cross-replica traffic "
       "is one all-reduce of the replicas' anchors per outer step: that many bytes per device divided by "
       "the FSDP degree (N / 4 for N > 4); with one device per replica it is Parle's only collective.",
-      "- **collectives**: the ops of the compiled step (`entropy_optax.hlo_collectives`) and their "
+      "- **collectives**: the ops of the compiled step (`benchmarks.hlo.hlo_collectives`) and their "
       "result bytes per device; an op in the fused scan body is counted once but runs L - 1 times per "
       "outer step; interleaved mode: per call (L calls per outer step).",
       "",

@@ -326,13 +326,13 @@ def update_costs(model_name: str, repeats: int) -> dict[str, float]:
     return optax.apply_updates(p, u), s
 
   def langevin(noise):
-    hp = entropy_optax.LangevinHyperparams(
+    hp = entropy_optax.langevin.LangevinHyperparams(
         gamma=0.03, langevin_lr=0.1, noise=noise, mu_decay=0.75, weight_decay=0.0,
         inner_momentum=MOMENTUM, nesterov=True, draw_noise=noise > 0)
 
     def step(c, k, g, x):
       w, mu, m = c
-      out = entropy_optax.langevin_step(g, w, x, mu, m, jax.random.fold_in(jax.random.key(0), k), hp)
+      out = entropy_optax.langevin.langevin_step(g, w, x, mu, m, jax.random.fold_in(jax.random.key(0), k), hp)
       return out.walker, out.mu, out.momentum
 
     return step

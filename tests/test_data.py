@@ -6,7 +6,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from entropy_optax import data
+from benchmarks import datasets as data
 
 
 def _write_mnist_folder(folder, n_train=12, n_test=6, gz=True, seed=0):

@@ -5,15 +5,10 @@ are the benchmark's business (benchmarks/results/defaults.md), not the tests'.""
 
 import json
 import math
-import pathlib
-import sys
 
 import pytest
 
-BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
-
-import defaults  # noqa: E402
+from benchmarks import defaults
 
 pytestmark = pytest.mark.slow
 

@@ -5,8 +5,8 @@ import pathlib
 
 import numpy as np
 
-from entropy_optax import data
-from entropy_optax import demo
+from benchmarks import datasets as data
+from benchmarks import demo
 
 
 def _tiny_folder(folder):

@@ -8,8 +8,8 @@ import pickle
 import numpy as np
 import pytest
 
+from benchmarks import datasets as data_lib
 from benchmarks import reproduce
-from entropy_optax import data as data_lib
 
 
 def _fake_cifar(folder, n=64, seed=0):

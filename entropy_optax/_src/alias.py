@@ -1,13 +1,14 @@
 """Entropy-SGD and Entropy-Adam: thin aliases over :func:`local_entropy`."""
 
-from typing import Any, Optional, Union
+from typing import Any, Optional, TypeAlias, Union
 
 import optax
 
+from entropy_optax._src import noise as noise_lib
 from entropy_optax._src import transform
 from entropy_optax._src import validation
 
-ScalarOrSchedule = optax.ScalarOrSchedule
+ScalarOrSchedule: TypeAlias = optax.ScalarOrSchedule
 
 
 def entropy_sgd(
@@ -26,7 +27,7 @@ def entropy_sgd(
     scale_by_gamma: bool = False,
     key: Any = 0,
     inner: Optional[optax.GradientTransformation] = None,
-    noise_generator: str = "hash",
+    noise_generator: noise_lib.NoiseGenerator = "hash",
     unroll: Union[int, bool] = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Entropy-SGD (Chaudhari et al., 2017) as an optax transform.
@@ -153,7 +154,7 @@ def entropy_adam(
     scale_by_gamma: bool = False,
     key: Any = 0,
     inner: Optional[optax.GradientTransformation] = None,
-    noise_generator: str = "hash",
+    noise_generator: noise_lib.NoiseGenerator = "hash",
     unroll: Union[int, bool] = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Entropy-Adam: Entropy-SGD whose outer step is Adam on D = x - mu.

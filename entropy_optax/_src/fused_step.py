@@ -33,7 +33,7 @@ def steps_of(batches: Any) -> int:
   leaves = jax.tree_util.tree_leaves_with_path(batches)
   if not leaves:
     raise ValueError("batches holds no arrays: pass minibatches stacked along a leading axis.")
-  lengths = {}
+  lengths: dict[int, str] = {}
   for path, leaf in leaves:
     shape = np.shape(leaf)
     if not shape:

@@ -52,10 +52,10 @@ def check_grad_fn_output(grads: Any, params: Any) -> None:
   """Checks what ``grad_fn`` returned, naming ``jax.value_and_grad`` if that is it."""
   params_structure = jax.tree.structure(params)
   if (
-      jax.tree.structure(grads) != params_structure
+      jax.tree.structure(grads) != params_structure  # type: ignore[operator]
       and isinstance(grads, tuple)
       and len(grads) == 2
-      and jax.tree.structure(grads[1]) == params_structure
+      and jax.tree.structure(grads[1]) == params_structure  # type: ignore[operator]
       and not jax.tree.leaves(grads[0])[1:]
   ):
     raise TypeError(

@@ -130,7 +130,7 @@ def langevin_step(
     return delta, new_w, new_mean, m
 
   leaves_w, treedef = jax.tree.flatten(walker)
-  flat = lambda tree: treedef.flatten_up_to(tree)
+  flat = lambda tree: treedef.flatten_up_to(tree)  # type: ignore[attr-defined]
   none_leaves = [None] * len(leaves_w)
   results = [
       leaf_step(*args)
@@ -141,6 +141,7 @@ def langevin_step(
           flat(mu),
           none_leaves if momentum is None else flat(momentum),
           none_leaves if xi is None else flat(xi),
+          strict=True,
       )
   ]
   unflatten = lambda i: jax.tree.unflatten(treedef, [r[i] for r in results])

@@ -6,12 +6,13 @@ replica axis of every leaf; its outer transform is SGD on
 replica axis, once per outer step.
 """
 
-from typing import Any, Callable, NamedTuple, Optional, Union
+from typing import Any, Callable, NamedTuple, Optional, TypeAlias, Union
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from entropy_optax._src import noise as noise_lib
 from entropy_optax._src import schedules
 from entropy_optax._src import state as state_lib
 from entropy_optax._src import transform
@@ -19,7 +20,7 @@ from entropy_optax._src import tree_utils
 from entropy_optax._src import updates as updates_lib
 from entropy_optax._src import validation
 
-ScalarOrSchedule = optax.ScalarOrSchedule
+ScalarOrSchedule: TypeAlias = optax.ScalarOrSchedule
 
 # The keyword under which parle hands (rho_t, x_ref) to each replica's outer
 # transform, through local_entropy's extra arguments.
@@ -29,7 +30,7 @@ _COUPLING_ARG = "parle_coupling"
 class ParleState(NamedTuple):
   """State of :func:`parle`."""
 
-  count: jax.Array
+  count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as optax states do
   """Outer steps taken, i.e. reference updates (int32); rho is evaluated at it."""
   inner_count: jax.Array
   """Step-interleaved calls taken in the current outer step, in
@@ -105,7 +106,7 @@ def parle(
     reference_lr: float = 1.0,
     key: Any = 0,
     inner: Optional[optax.GradientTransformation] = None,
-    noise_generator: str = "hash",
+    noise_generator: noise_lib.NoiseGenerator = "hash",
     unroll: Union[int, bool] = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Parle (Chaudhari et al., 2017): replicated Entropy-SGD with elastic coupling.
@@ -140,9 +141,11 @@ def parle(
   mesh axis of the replicas' anchors, per outer step, moving one model's worth
   of params (per device: its shard of them) to form the mean; in
   step-interleaved mode it runs inside a ``lax.cond`` taken on every
-  ``inner_steps``-th call only. The Langevin and outer steps are elementwise
-  within a replica, and each replica's gradient communicates only within its
-  own replica's devices.
+  ``inner_steps``-th call only. Besides it, each call all-reduces one bool:
+  whether any replica met a non-finite value, in which case every replica
+  abandons the outer step, so that they stay in step. The Langevin and outer
+  steps are elementwise within a replica, and each replica's gradient
+  communicates only within its own replica's devices.
 
   Call it like :func:`local_entropy` (step-interleaved, or fused with
   ``grad_fn`` and ``batches``), with replicated arrays: ``grad_fn(walker,
@@ -278,8 +281,8 @@ def parle(
       )
       anchor = params
     else:
-      replica_update = lambda g, s, p: replica_tx.update(g, s, p, **extra_args)
-      updates, replicas = jax.vmap(replica_update)(updates, state.replicas, params)
+      interleaved_update = lambda g, s, p: replica_tx.update(g, s, p, **extra_args)
+      updates, replicas = jax.vmap(interleaved_update)(updates, state.replicas, params)
       anchor = state.replicas.anchor
     updates, replicas, abandoned = _in_step(
         state.replicas, replicas, updates, params, anchor,

@@ -15,7 +15,7 @@ class EntropySGDState(NamedTuple):
   the anchor x lives here. :func:`entropy_optax.anchor_params` finds it.
   """
 
-  count: jax.Array
+  count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as optax states do
   """Outer steps taken (int32); the scope schedule is evaluated at it."""
   inner_count: jax.Array
   """Langevin steps taken in the current outer step, in [0, inner_steps)."""

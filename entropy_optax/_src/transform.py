@@ -6,7 +6,7 @@ themselves are module-level functions of :mod:`entropy_optax._src.updates`.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, TypeAlias
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +18,7 @@ from entropy_optax._src import updates as updates_lib
 from entropy_optax._src import validation
 from entropy_optax._src.state import EntropySGDState
 
-ScalarOrSchedule = optax.ScalarOrSchedule
+ScalarOrSchedule: TypeAlias = optax.ScalarOrSchedule
 
 
 def local_entropy(
@@ -196,7 +196,7 @@ def local_entropy(
     validation.check_state_matches(state.anchor, params)
     fused = validation.check_mode_args(grad_fn, batches, carry, config.inner_steps)
     validation.check_update_context(fused, config.inner_steps)
-    if not fused:
+    if grad_fn is None:  # not fused: check_mode_args returned grad_fn is not None
       return updates_lib.interleaved_update(config, updates, state, params, extra_args)
     return updates_lib.fused_update(
         config, updates, state, params, grad_fn, batches, carry, extra_args

@@ -49,7 +49,7 @@ class EntropyConfig(NamedTuple):
   nesterov: bool
   weight_decay: float
   scale_by_gamma: bool
-  noise_generator: str
+  noise_generator: noise_lib.NoiseGenerator
   unroll: Union[int, bool]
 
   def hyperparams(self, count: jax.Array) -> langevin.LangevinHyperparams:

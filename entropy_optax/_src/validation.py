@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numbers
 import sys
-from typing import Any
+import types
+from typing import Any, Iterator, Optional
 
 import jax
 import jax.numpy as jnp
@@ -150,8 +151,8 @@ def check_unroll(unroll: Any) -> int | bool:
 _MAX_FRAMES = 64
 
 
-def _optax_frames():
-  frame = sys._getframe(1)
+def _optax_frames() -> Iterator[types.FrameType]:
+  frame: Optional[types.FrameType] = sys._getframe(1)
   for _ in range(_MAX_FRAMES):
     if frame is None:
       return
@@ -228,18 +229,22 @@ def check_params_given(params: Any, what: str) -> None:
     )
 
 
+def _is_array(leaf: Any) -> bool:
+  return isinstance(leaf, (jax.Array, np.ndarray, np.generic, numbers.Number))
+
+
 def check_like_params(name: str, tree: Any, params: Any) -> None:
   """Raises unless ``tree`` has the structure and shapes of ``params``."""
-  if jax.tree.structure(tree) != jax.tree.structure(params):
+  if jax.tree.structure(tree) != jax.tree.structure(params):  # type: ignore[operator]
     raise ValueError(
         f"{name} must have the tree structure of params.\n"
         f"  {name}: {jax.tree.structure(tree)}\n"
         f"  params: {jax.tree.structure(params)}"
     )
   for (path, leaf), param in zip(
-      jax.tree_util.tree_leaves_with_path(tree), jax.tree.leaves(params)
+      jax.tree_util.tree_leaves_with_path(tree), jax.tree.leaves(params), strict=True
   ):
-    if not isinstance(leaf, (jax.Array, np.ndarray, np.generic, numbers.Number)):
+    if not _is_array(leaf):
       raise TypeError(
           f"{name}{jax.tree_util.keystr(path)} must be an array, got "
           f"{type(leaf).__name__}."
@@ -265,7 +270,7 @@ def check_floating(params: Any) -> None:
 
 def check_state_matches(anchor: Any, params: Any) -> None:
   """The state was built by ``init`` on params of this structure."""
-  if jax.tree.structure(anchor) != jax.tree.structure(params):
+  if jax.tree.structure(anchor) != jax.tree.structure(params):  # type: ignore[operator]
     raise ValueError(
         "opt_state was initialised for params of another structure: call "
         "tx.init on these params.\n"

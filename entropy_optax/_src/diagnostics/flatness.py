@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any, Callable, NamedTuple
 
 import jax
+from jax import flatten_util
 import jax.numpy as jnp
 import numpy as np
-from jax import flatten_util
 
 from entropy_optax._src import langevin
 from entropy_optax._src import noise as noise_lib

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any, Callable, NamedTuple
 
 import jax
-import jax.numpy as jnp
 from jax import flatten_util
+import jax.numpy as jnp
 
 LossFn = Callable[[Any, Any], jax.Array]
 
@@ -23,7 +23,9 @@ def num_batches(batches: Any) -> int:
         "batches must be a pytree of arrays sharing a leading minibatch axis "
         f"(batches[i] is the i-th minibatch); got leaf shapes {shapes}."
     )
-  return sizes.pop()
+  size = sizes.pop()
+  assert size is not None  # excluded above
+  return size
 
 
 def batch_mean(fn: Callable[[Any], Any], batches: Any) -> Any:

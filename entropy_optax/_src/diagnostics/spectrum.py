@@ -222,10 +222,11 @@ def hessian_spectral_density(
   if sigma is None:
     # A spectrum that is one point has no span; broaden relative to its scale.
     span = jnp.where(hi > lo, hi - lo, jnp.maximum(jnp.abs(hi), 1.0))
-    sigma = relative_sigma * span
-  sigma = jnp.asarray(sigma, nodes.dtype)
-  grid = jnp.linspace(lo - 5 * sigma, hi + 5 * sigma, num_points, dtype=nodes.dtype)
-  z = (grid[:, None] - nodes.ravel()[None, :]) / sigma
-  gaussians = jnp.exp(-0.5 * z**2) / (sigma * jnp.sqrt(2 * jnp.pi))
+    width = jnp.asarray(relative_sigma * span, nodes.dtype)
+  else:
+    width = jnp.asarray(sigma, nodes.dtype)
+  grid = jnp.linspace(lo - 5 * width, hi + 5 * width, num_points, dtype=nodes.dtype)
+  z = (grid[:, None] - nodes.ravel()[None, :]) / width
+  gaussians = jnp.exp(-0.5 * z**2) / (width * jnp.sqrt(2 * jnp.pi))
   density = gaussians @ weights.ravel() / num_runs
-  return SpectralDensity(grid, density, nodes, weights, sigma)
+  return SpectralDensity(grid, density, nodes, weights, width)

@@ -1,4 +1,4 @@
-"""Image-classification data for the examples: IDX files, MNIST-format folders.
+"""Data for the demo and the benchmarks: IDX files, MNIST-format folders, CIFAR-10, text.
 
 Fashion-MNIST and MNIST ship as four IDX files (``train-images-idx3-ubyte``,
 ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
@@ -83,10 +83,10 @@ def read_idx(path: PathLike) -> np.ndarray:
 
   Examples:
     >>> import os, tempfile, numpy as np
-    >>> from entropy_optax import data
+    >>> from benchmarks import datasets
     >>> path = os.path.join(tempfile.mkdtemp(), "labels-idx1-ubyte.gz")
-    >>> data.write_idx(path, np.array([3, 1, 4], np.uint8))
-    >>> data.read_idx(path)
+    >>> datasets.write_idx(path, np.array([3, 1, 4], np.uint8))
+    >>> datasets.read_idx(path)
     array([3, 1, 4], dtype=uint8)
   """
   path = pathlib.Path(path)
@@ -239,8 +239,8 @@ def synthetic_dataset(
     A :class:`Dataset` whose ``source`` says it is generated.
 
   Examples:
-    >>> from entropy_optax import data
-    >>> ds = data.synthetic_dataset(n_train=20, n_test=10)
+    >>> from benchmarks import datasets
+    >>> ds = datasets.synthetic_dataset(n_train=20, n_test=10)
     >>> ds.x_train.shape, ds.y_test.shape, float(ds.x_train.max()) <= 1.0
     ((20, 28, 28, 1), (10,), True)
   """
@@ -376,8 +376,8 @@ def strip_verse_labels(text: str) -> str:
     The verses alone, one per line.
 
   Examples:
-    >>> from entropy_optax import data
-    >>> data.strip_verse_labels("\\nGenesis 1\\n\\n  1 In the beginning\\nGod.\\n")
+    >>> from benchmarks import datasets
+    >>> datasets.strip_verse_labels("\\nGenesis 1\\n\\n  1 In the beginning\\nGod.\\n")
     'In the beginning\\nGod.\\n'
   """
   import re
@@ -391,8 +391,8 @@ def encode_text(text: str) -> tuple[np.ndarray, list[str]]:
   """Character tokens of ``text`` and the sorted vocabulary they index.
 
   Examples:
-    >>> from entropy_optax import data
-    >>> data.encode_text("abba")
+    >>> from benchmarks import datasets
+    >>> datasets.encode_text("abba")
     (array([0, 1, 1, 0], dtype=int32), ['a', 'b'])
   """
   vocab = sorted(set(text))

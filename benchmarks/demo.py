@@ -1,6 +1,6 @@
 """Entropy-SGD vs SGD-Nesterov on Fashion-MNIST, at equal effective epochs.
 
-Run ``make demo`` or ``python -m entropy_optax.demo --help``. Trains the
+Run ``make demo`` or ``python benchmarks/demo.py --help``. Trains the
 paper's mnistfc (or LeNet) with each optimizer for the same number of
 gradient evaluations (effective epochs = epochs x L), evaluates the anchor
 after every effective epoch with BatchNorm statistics recomputed over
@@ -8,8 +8,8 @@ training images with dropout off (as the paper did), prints a table and
 writes a plot of test error against effective epochs.
 
 The defaults are cut down from the paper's runs to finish in a few minutes
-on two CPU cores; the run says which. Needs ``entropy_optax[examples]``
-(flax, tqdm, matplotlib).
+on two CPU cores; the run says which. Needs the ``examples`` extra
+(flax, tqdm, matplotlib): ``pip install -e '.[examples]'``.
 """
 
 from __future__ import annotations
@@ -28,8 +28,12 @@ import numpy as np
 import optax
 
 import entropy_optax
-from entropy_optax import data as data_lib
-from entropy_optax import models
+
+if not __package__:  # run as `python benchmarks/demo.py`: make the package `benchmarks` importable
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+from benchmarks import datasets as data_lib  # noqa: E402
+from benchmarks import models  # noqa: E402
 
 OPTIMIZERS = ("sgd", "adam", "entropy_sgd")
 LABELS = {"sgd": "SGD-Nesterov", "adam": "Adam", "entropy_sgd": "Entropy-SGD"}
@@ -49,7 +53,7 @@ class History:
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   """The demo's command line."""
   parser = argparse.ArgumentParser(
-      prog="python -m entropy_optax.demo",
+      prog="python benchmarks/demo.py",
       description=__doc__.split("\n\n")[0],
       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
   )

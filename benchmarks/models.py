@@ -11,8 +11,8 @@ Three modes, as the paper's training and evaluation need them:
   :func:`recompute_batch_stats`);
 * ``train=False``: running statistics, no dropout (evaluation).
 
-This module needs ``flax`` (``pip install entropy_optax[examples]``); the core
-package does not import it.
+Used by the demo and the benchmarks, not part of the installed package. Needs
+``flax`` (``pip install -e '.[examples]'``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class MnistFC(nn.Module):
 
   Examples:
     >>> import jax, jax.numpy as jnp
-    >>> from entropy_optax import models
+    >>> from benchmarks import models
     >>> net = models.MnistFC(hidden=8)
     >>> variables = net.init(jax.random.key(0), jnp.zeros((2, 28, 28, 1)))
     >>> net.apply(variables, jnp.zeros((2, 28, 28, 1))).shape
@@ -64,7 +64,7 @@ class LeNet(nn.Module):
 
   Examples:
     >>> import jax, jax.numpy as jnp
-    >>> from entropy_optax import models
+    >>> from benchmarks import models
     >>> net = models.LeNet(features=(2, 3), hidden=8)
     >>> variables = net.init(jax.random.key(0), jnp.zeros((2, 28, 28, 1)))
     >>> net.apply(variables, jnp.zeros((2, 28, 28, 1))).shape
@@ -103,7 +103,7 @@ class AllCNN(nn.Module):
 
   Examples:
     >>> import jax, jax.numpy as jnp
-    >>> from entropy_optax import models
+    >>> from benchmarks import models
     >>> net = models.AllCNN(widths=(4, 8))
     >>> variables = net.init(jax.random.key(0), jnp.zeros((2, 32, 32, 3)))
     >>> net.apply(variables, jnp.zeros((2, 32, 32, 3))).shape
@@ -146,7 +146,7 @@ class CharLSTM(nn.Module):
 
   Examples:
     >>> import jax, jax.numpy as jnp
-    >>> from entropy_optax import models
+    >>> from benchmarks import models
     >>> net = models.CharLSTM(vocab_size=7, hidden=8)
     >>> variables = net.init(jax.random.key(0), jnp.zeros((2, 5), jnp.int32))
     >>> net.apply(variables, jnp.zeros((2, 5), jnp.int32)).shape

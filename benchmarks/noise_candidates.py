@@ -1,0 +1,520 @@
+"""What the Langevin noise costs, generator by generator, as a fraction of an SGD step.
+
+Every candidate turns a step's key into N(0, 1) draws shaped like the mnistfc
+parameters (784-1024-1024-10 MLP, 1.86 M float32) and is timed two ways, in one
+process, candidates alternating (A B C ... A B C ...):
+
+* standalone: ``STEPS`` draws of the whole pytree in one jitted ``lax.scan``,
+  each written to memory (the draw alone);
+* fused: ``STEPS`` Langevin steps of the walker (momentum, walker with noise,
+  running mean: the update of ``entropy_optax._src.langevin``) in one jitted
+  ``lax.scan``, minus the same steps without noise: what the noise adds where
+  XLA can fuse the draw into the update, as the fused Entropy-SGD step does.
+
+The unit is one optax SGD-Nesterov step *with its gradient* on mnistfc, batch
+128 (``benchmarks/speed.py``'s baseline), timed in the same rounds: each round
+gives every candidate a fraction of that round's SGD step, and the report gives
+the median and the spread over rounds.
+
+Candidates (all but ``threefry`` are counter-based: the draw of an element is a
+function of (key words, the element's index within its leaf)):
+
+* bits: ``mix2`` = two keyed rounds of the lowbias32 integer hash (the old
+  generator's bits); ``mix1`` = one round of lowbias32 on (index + w0) xor w1;
+* transforms of the bits: ``table`` (2^16-cell normal-quantile table, one
+  gather: the old ``"hash"``), ``erfinv`` (Giles' erfinv on 2^23 cells: the old
+  ``"hash_erfinv"``), ``ih3`` (the sum of three uniform fields of 10, 10 and 11
+  bits mapped to N(0, 1) by an odd degree-9 polynomial: no gather, no
+  transcendental), ``sqrtpoly`` (the quantile as a degree-7 polynomial in
+  sqrt(-log2 v), log2 from the float's exponent and a degree-5 polynomial of
+  its mantissa), ``boxmuller`` (pairs of elements share one hash word: radius
+  from its top 16 bits, angle from its low 16, cos / sin by polynomials),
+  ``uniform`` (the bits as a float only: what the hash alone costs);
+* ``threefry``: ``jax.random.normal`` per leaf;
+* dtype: the chosen transform for bfloat16 leaves, computed in float32 and cast
+  (``*_bf16_via_f32``) or evaluated in bfloat16 (``*_bf16_native``), timed
+  against the same bfloat16 Langevin step without noise;
+* ``package``: ``entropy_optax._src.noise.standard_normal_like`` as it is in
+  this checkout (its default generator), loaded from its file.
+
+Usage::
+
+  python benchmarks/noise_candidates.py                       # writes results/noise_candidates.{md,json}
+  python benchmarks/noise_candidates.py --repeats 3 --out /tmp/noise
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import scipy.special
+
+BATCH = 128
+SGD_STEPS = 10
+NOISE_SCALE = 1e-4 * np.sqrt(2 * 0.1)  # the paper's noise times sqrt(2 eta'), as speed.py
+SIZES = (784, 1024, 1024, 10)
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+def init_mnistfc(key: jax.Array) -> list[dict[str, jax.Array]]:
+  keys = jax.random.split(key, len(SIZES) - 1)
+  return [
+      {"w": jax.random.normal(k, (a, b)) / np.sqrt(a), "b": jnp.zeros(b)}
+      for k, a, b in zip(keys, SIZES[:-1], SIZES[1:])
+  ]
+
+
+def mnistfc_loss(params, batch):
+  x = batch["x"]
+  for i, layer in enumerate(params):
+    x = x @ layer["w"] + layer["b"]
+    if i < len(params) - 1:
+      x = jax.nn.relu(x)
+  return optax.softmax_cross_entropy_with_integer_labels(x, batch["y"]).mean()
+
+
+# ----------------------------------------------------------------------------- bits
+
+
+def _mix32(h: jax.Array) -> jax.Array:
+  """lowbias32 (xorshift-multiply, two multiplies): a bijection of uint32."""
+  h = h ^ (h >> 16)
+  h = h * jnp.uint32(0x7FEB352D)
+  h = h ^ (h >> 15)
+  h = h * jnp.uint32(0x846CA68B)
+  return h ^ (h >> 16)
+
+
+def _index(offset: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """offset + row-major index, from iotas (as the package builds it)."""
+  index = jnp.broadcast_to(offset, shape)
+  stride = 1
+  for axis in reversed(range(len(shape))):
+    index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride % 2**32)
+    stride *= shape[axis]
+  return index
+
+
+def bits_mix2(words: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  return _mix32(_mix32(_index(words[0], shape)) ^ words[1])
+
+
+def bits_mix1(words: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  return _mix32(_index(words[0], shape) ^ words[1])
+
+
+# ----------------------------------------------------------------------------- transforms
+
+
+def _horner(coefficients, x):
+  p = jnp.full_like(x, coefficients[0])
+  for c in coefficients[1:]:
+    p = p * x + np.float32(c)
+  return p
+
+
+def _as_float(u: jax.Array, dtype=jnp.float32) -> jax.Array:
+  """uint32 below 2^31 to float, through int32 (a single conversion instruction)."""
+  return u.astype(jnp.int32).astype(dtype)
+
+
+# The old generator's 2^16-cell table and Giles' erfinv.
+def _quantile_table() -> np.ndarray:
+  return scipy.special.ndtri((np.arange(2**16) + 0.5) / 2**16).astype(np.float32)
+
+
+_TABLE = _quantile_table()
+
+
+def normal_table(bits: jax.Array) -> jax.Array:
+  return jnp.asarray(_TABLE)[bits >> 16]
+
+
+_ERFINV_CENTRE = (2.81022636e-08, 3.43273939e-07, -3.5233877e-06, -4.39150654e-06, 0.00021858087,
+                  -0.00125372503, -0.00417768164, 0.246640727, 1.50140941)
+_ERFINV_TAIL = (-0.000200214257, 0.000100950558, 0.00134934322, -0.00367342844, 0.00573950773,
+                -0.0076224613, 0.00943887047, 1.00167406, 2.83297682)
+
+
+def normal_erfinv(bits: jax.Array) -> jax.Array:
+  b = (bits >> 9).astype(jnp.float32)
+  u = (b + np.float32(0.5)) * np.float32(2.0**-23)
+  one_minus_u = (np.float32(2.0**23 - 0.5) - b) * np.float32(2.0**-23)
+  w = -jnp.log(np.float32(4.0) * u * one_minus_u)
+  centre = _horner(_ERFINV_CENTRE, w - np.float32(2.5))
+  tail = _horner(_ERFINV_TAIL, jnp.sqrt(w) - np.float32(3.0))
+  return np.float32(np.sqrt(2.0)) * jnp.where(w < np.float32(5.0), centre, tail) * (u - one_minus_u)
+
+
+def _ih3_law() -> np.ndarray:
+  """P(S = s) for S = U(2^10) + U(2^10) + U(2^11), s = 0 .. 4094."""
+  p = np.convolve(np.full(1024, 2.0**-10), np.full(1024, 2.0**-10))
+  return np.convolve(p, np.full(2048, 2.0**-11))
+
+
+def _fit_ih3(degree: int = 9) -> tuple[float, ...]:
+  """Odd polynomial c1 x + c3 x^3 + ... of x = s / 2047 - 1 through the normal
+  quantiles of the cells' mid-probabilities, least squares weighted by sqrt(P)."""
+  p = _ih3_law()
+  quantile = scipy.special.ndtri(np.cumsum(p) - p / 2)
+  x = np.arange(p.size) / 2047.0 - 1.0
+  basis = np.stack([x ** (2 * k + 1) for k in range((degree + 1) // 2)], 1)
+  weight = np.sqrt(p + 1e-9)
+  coefficients, *_ = np.linalg.lstsq(basis * weight[:, None], quantile * weight, rcond=None)
+  return tuple(float(c) for c in coefficients[::-1])  # highest first, for Horner in x^2
+
+
+IH3 = _fit_ih3()
+
+
+def normal_ih3(bits: jax.Array, dtype=jnp.float32) -> jax.Array:
+  """Three uniform fields of the top 31 bits, summed, through an odd polynomial."""
+  s = ((bits >> 1) & jnp.uint32(0x3FF)) + ((bits >> 11) & jnp.uint32(0x3FF)) + (bits >> 21)
+  x = _as_float(s, dtype) * jnp.asarray(1 / 2047.0, dtype) - jnp.asarray(1.0, dtype)
+  x2 = x * x
+  p = jnp.full_like(x2, IH3[0])
+  for c in IH3[1:]:
+    p = p * x2 + jnp.asarray(c, dtype)
+  return p * x
+
+
+def _fit(fn, x, basis_powers):
+  basis = np.stack([x**k for k in basis_powers], 1)
+  coefficients, *_ = np.linalg.lstsq(basis, fn(x), rcond=None)
+  return coefficients
+
+
+_CHEB = 0.5 - 0.5 * np.cos(np.linspace(0, np.pi, 4001))
+# log2(1 + f) = f (a1 + a2 f + ... + a5 f^4), f in [0, 1): 1.7e-5 absolute.
+_LOG2 = tuple(_fit(lambda f: np.log2(1 + f), _CHEB, range(1, 6))[::-1])
+
+
+def _neg_log2_of_cell(y: jax.Array, cells_log2: int) -> jax.Array:
+  """-log2((y + 1/2) 2^-cells_log2) for integers 0 <= y < 2^cells_log2, from the
+  float's exponent and a polynomial of its mantissa."""
+  v = _as_float(y) + np.float32(0.5)
+  vb = jax.lax.bitcast_convert_type(v, jnp.uint32)
+  exponent = _as_float(vb >> 23)
+  mantissa = jax.lax.bitcast_convert_type((vb & jnp.uint32(0x7FFFFF)) | jnp.uint32(0x3F800000), jnp.float32)
+  f = mantissa - np.float32(1.0)
+  # The polynomial's error can take the top cell a hair below 0.
+  return jnp.maximum(np.float32(127 + cells_log2) - exponent - _horner(_LOG2, f) * f, np.float32(0.0))
+
+
+def _fit_sqrtpoly(degree: int = 7) -> np.ndarray:
+  """z = P(t), t = sqrt(-log2 v), P(0) = 0: the half-normal quantile of tail mass v."""
+  t = np.linspace(0, 5.0, 40001)
+  z = -scipy.special.ndtri(2.0 ** -(t * t) / 2)
+  weight = np.sqrt(np.log(2) * 2.0 ** -(t * t) * 2 * t) + 1e-3
+  basis = np.stack([t**k for k in range(1, degree + 1)], 1)
+  coefficients, *_ = np.linalg.lstsq(basis * weight[:, None], z * weight, rcond=None)
+  return coefficients[::-1]  # highest first; times t
+
+
+_SQRTPOLY = tuple(_fit_sqrtpoly())
+
+
+def normal_sqrtpoly(bits: jax.Array) -> jax.Array:
+  """|z| from the top 24 bits (a two-sided tail mass on 2^24 cells), sign from bit 0."""
+  t = jnp.sqrt(_neg_log2_of_cell(bits >> 8, 24))
+  z = _horner(_SQRTPOLY, t) * t
+  sign = (bits & jnp.uint32(1)) << 31
+  return jax.lax.bitcast_convert_type(jax.lax.bitcast_convert_type(z, jnp.uint32) ^ sign, jnp.float32)
+
+
+# cos(2 pi d) for |d| <= 1/2 as a degree-5 polynomial in d^2: 7.9e-7 absolute.
+_COS = tuple(_fit(lambda d: np.cos(2 * np.pi * np.sqrt(d)), 0.25 * _CHEB, range(0, 6))[::-1])
+
+
+def normal_boxmuller(words: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """Box-Muller on element pairs: elements 2q and 2q + 1 of the keyed index share the
+  hash of q; radius from its top 16 bits, angle from its low 16; cos for the
+  even element, sin for the odd one."""
+  index = _index(words[0], shape)
+  bits = _mix32(_mix32(index >> 1) ^ words[1])
+  radius = jnp.sqrt(np.float32(2 * np.log(2)) * _neg_log2_of_cell(bits >> 16, 16))
+  turn = (_as_float(bits & jnp.uint32(0xFFFF)) + np.float32(0.5)) * np.float32(2.0**-16)
+  turn = turn - np.float32(0.25) * _as_float(index & jnp.uint32(1))
+  d = turn - jnp.round(turn)
+  return radius * _horner(_COS, d * d)
+
+
+def uniform(bits: jax.Array) -> jax.Array:
+  return _as_float(bits >> 8) * np.float32(2.0**-24)
+
+
+# ----------------------------------------------------------------------------- candidates
+
+
+def counter_based(bits_fn: Callable, transform: Callable, dtype: Any = None) -> Callable:
+  """A standard_normal_like(key, tree) from per-leaf key words: ``dtype`` None
+  computes in float32 and casts to the leaf's dtype; else the transform gets it."""
+
+  def draw(key, tree):
+    leaves, treedef = jax.tree.flatten(tree)
+    keys = jax.random.split(key, len(leaves))
+    out = []
+    for k, leaf in zip(keys, leaves):
+      words = jax.random.bits(k, (2,), jnp.uint32)
+      bits = bits_fn(words, leaf.shape)
+      z = transform(bits) if dtype is None else transform(bits, dtype)
+      out.append(z.astype(leaf.dtype))
+    return jax.tree.unflatten(treedef, out)
+
+  return draw
+
+
+def pair_based(key, tree):
+  leaves, treedef = jax.tree.flatten(tree)
+  keys = jax.random.split(key, len(leaves))
+  return jax.tree.unflatten(treedef, [
+      normal_boxmuller(jax.random.bits(k, (2,), jnp.uint32), leaf.shape).astype(leaf.dtype)
+      for k, leaf in zip(keys, leaves)])
+
+
+def threefry(key, tree):
+  leaves, treedef = jax.tree.flatten(tree)
+  keys = jax.random.split(key, len(leaves))
+  return jax.tree.unflatten(
+      treedef, [jax.random.normal(k, leaf.shape, leaf.dtype) for k, leaf in zip(keys, leaves)])
+
+
+def package_generator() -> Callable | None:
+  """``standard_normal_like`` of this checkout's noise.py (loaded from its file,
+  so that a half-refactored package around it does not matter)."""
+  path = pathlib.Path(__file__).resolve().parents[1] / "entropy_optax" / "_src" / "noise.py"
+  spec = importlib.util.spec_from_file_location("_noise_under_test", path)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+  except Exception as e:  # noqa: BLE001
+    print(f"package noise.py not loadable ({e}): skipping 'package'")
+    return None
+  return lambda key, tree: module.standard_normal_like(key, tree)
+
+
+def candidates() -> dict[str, tuple[Callable, str]]:
+  """name -> (draw, leaf dtype)."""
+  out = {
+      "table (old hash)": (counter_based(bits_mix2, normal_table), "float32"),
+      "erfinv (old hash_erfinv)": (counter_based(bits_mix2, normal_erfinv), "float32"),
+      "threefry": (threefry, "float32"),
+      "mix2 + ih3": (counter_based(bits_mix2, normal_ih3), "float32"),
+      "mix2 + sqrtpoly": (counter_based(bits_mix2, normal_sqrtpoly), "float32"),
+      "mix2 + boxmuller": (pair_based, "float32"),
+      "mix2 + uniform (hash only)": (counter_based(bits_mix2, uniform), "float32"),
+      "mix1 + table": (counter_based(bits_mix1, normal_table), "float32"),
+      "mix1 + ih3": (counter_based(bits_mix1, normal_ih3), "float32"),
+      "mix1 + uniform (hash only)": (counter_based(bits_mix1, uniform), "float32"),
+      "mix1 + ih3, bf16 leaves, via f32": (counter_based(bits_mix1, normal_ih3), "bfloat16"),
+      "mix1 + ih3, bf16 leaves, native": (counter_based(bits_mix1, normal_ih3, jnp.bfloat16), "bfloat16"),
+  }
+  package = package_generator()
+  if package is not None:
+    out["package (noise.py default)"] = (package, "float32")
+  return out
+
+
+# ----------------------------------------------------------------------------- programs
+
+
+def langevin_scan(draw: Callable | None, steps: int) -> Callable:
+  """``steps`` Langevin steps of every leaf (Nesterov inner momentum 0.9), as
+  entropy_optax._src.langevin computes them, in one jitted scan."""
+
+  def leaf_step(g, w, x, mean, m, z):
+    dtype = w.dtype
+    cast = lambda s: jnp.asarray(s, dtype)
+    m = cast(0.9) * m + g
+    d = g + cast(0.9) * m - cast(0.03) * (x - w)
+    delta = -cast(0.1) * d
+    if z is not None:
+      delta = delta - cast(NOISE_SCALE) * z
+    new_w = w + delta
+    return new_w, cast(0.75) * mean + cast(0.25) * new_w, m
+
+  def step(carry, k, grads, anchor):
+    walker, mean, momentum = carry
+    noise = draw(jax.random.fold_in(jax.random.key(0), k), walker) if draw is not None else None
+    leaves = [jax.tree.leaves(t) for t in (grads, walker, anchor, mean, momentum)]
+    zs = jax.tree.leaves(noise) if noise is not None else [None] * len(leaves[0])
+    results = [leaf_step(*args, z) for *args, z in zip(*leaves, zs)]
+    treedef = jax.tree.structure(walker)
+    return tuple(jax.tree.unflatten(treedef, [r[i] for r in results]) for i in range(3))
+
+  run = jax.jit(lambda carry, grads, anchor: jax.lax.scan(
+      lambda c, k: (step(c, k, grads, anchor), None), carry, jnp.arange(steps, dtype=jnp.int32))[0])
+  return run
+
+
+def standalone_scan(draw: Callable, steps: int) -> Callable:
+  """``steps`` draws of the pytree, each written out (the scan's carry)."""
+  return jax.jit(lambda tree: jax.lax.scan(
+      lambda c, k: (draw(jax.random.fold_in(jax.random.key(0), k), c), None),
+      tree, jnp.arange(steps, dtype=jnp.int32))[0])
+
+
+def sgd_scan():
+  tx = optax.sgd(0.1, momentum=0.9, nesterov=True)
+  grad_fn = jax.grad(mnistfc_loss)
+
+  def run(params, state, batches):
+    def body(carry, batch):
+      p, s = carry
+      updates, s = tx.update(grad_fn(p, batch), s, p)
+      return (optax.apply_updates(p, updates), s), None
+
+    return jax.lax.scan(body, (params, state), batches)[0]
+
+  return tx, jax.jit(run)
+
+
+def time_call(fn: Callable[[], Any]) -> float:
+  start = time.perf_counter()
+  jax.block_until_ready(fn())
+  return time.perf_counter() - start
+
+
+def measure(repeats: int, steps: int) -> dict[str, Any]:
+  params = init_mnistfc(jax.random.key(0))
+  grads = init_mnistfc(jax.random.key(1))
+  n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+  rng = np.random.default_rng(0)
+  batches = {
+      "x": jnp.asarray(rng.normal(size=(SGD_STEPS, BATCH, 784)).astype(np.float32)),
+      "y": jnp.asarray(rng.integers(0, 10, size=(SGD_STEPS, BATCH)).astype(np.int32)),
+  }
+  tx, sgd_run = sgd_scan()
+  sgd_state = tx.init(params)
+
+  def carry_of(dtype):
+    cast = lambda t: jax.tree.map(lambda a: a.astype(dtype), t)
+    p = cast(params)
+    return (p, p, jax.tree.map(jnp.zeros_like, p)), cast(grads), p
+
+  calls: dict[str, Callable[[], Any]] = {"sgd": lambda: sgd_run(params, sgd_state, batches)}
+  for dtype in ("float32", "bfloat16"):
+    carry, g, x = carry_of(dtype)
+    run = langevin_scan(None, steps)
+    calls[f"langevin without noise [{dtype}]"] = lambda run=run, c=carry, g=g, x=x: run(c, g, x)
+  cands = candidates()
+  for name, (draw, dtype) in cands.items():
+    carry, g, x = carry_of(dtype)
+    fused = langevin_scan(draw, steps)
+    calls[f"fused|{name}"] = lambda f=fused, c=carry, g=g, x=x: f(c, g, x)
+    if dtype == "float32":
+      alone = standalone_scan(draw, steps)
+      calls[f"standalone|{name}"] = lambda f=alone, t=carry[0]: f(t)
+  for fn in calls.values():
+    jax.block_until_ready(fn())  # compile and warm up
+  times: dict[str, list[float]] = {name: [] for name in calls}
+  for _ in range(repeats):
+    for name, fn in calls.items():
+      times[name].append(time_call(fn))
+
+  sgd = [t / SGD_STEPS for t in times["sgd"]]
+  summary = lambda xs: {
+      "median": round(statistics.median(xs), 4), "min": round(min(xs), 4), "max": round(max(xs), 4),
+      "q1": round(float(np.quantile(xs, 0.25)), 4), "q3": round(float(np.quantile(xs, 0.75)), 4)}
+  results: dict[str, Any] = {
+      "param_count": n,
+      "sgd_step_ms": summary([1e3 * s for s in sgd]),
+      "langevin_without_noise_ms": {
+          dtype: summary([1e3 * t / steps for t in times[f"langevin without noise [{dtype}]"]])
+          for dtype in ("float32", "bfloat16")},
+      "candidates": {},
+  }
+  for name, (_, dtype) in cands.items():
+    base = times[f"langevin without noise [{dtype}]"]
+    fused = [(t - b) / steps / s for t, b, s in zip(times[f"fused|{name}"], base, sgd)]
+    entry = {
+        "leaf_dtype": dtype,
+        "fused_fraction_of_sgd_step": summary(fused),
+        "fused_ns_per_normal": round(1e9 * statistics.median(
+            [(t - b) / steps / n for t, b in zip(times[f"fused|{name}"], base)]), 3),
+    }
+    if f"standalone|{name}" in times:
+      alone = times[f"standalone|{name}"]
+      entry["standalone_fraction_of_sgd_step"] = summary([t / steps / s for t, s in zip(alone, sgd)])
+      entry["standalone_ns_per_normal"] = round(1e9 * statistics.median(alone) / steps / n, 3)
+    results["candidates"][name] = entry
+  return results
+
+
+def machine() -> dict[str, Any]:
+  cpu = platform.processor()
+  try:
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("model name"):
+        cpu = line.split(":", 1)[1].strip()
+        break
+  except OSError:
+    pass
+  return {"cpu": cpu, "cores": os.cpu_count(), "jax": jax.__version__,
+          "backend": jax.default_backend(), "python": platform.python_version()}
+
+
+def write_markdown(path: pathlib.Path, command: str, info: dict, repeats: int, steps: int, r: dict) -> None:
+  f = lambda s: f"{s['median']:.3f} [{s['q1']:.3f}, {s['q3']:.3f}] ({s['min']:.3f}..{s['max']:.3f})"
+  lines = [
+      "# The Langevin noise: candidates side by side",
+      "",
+      f"Command: `{command}`",
+      "",
+      f"Machine: {info['cpu']}, {info['cores']} cores, JAX {info['jax']} on {info['backend']}.",
+      f"{repeats} rounds, candidates alternating within each round; {steps} steps per timed call;",
+      f"{r['param_count']:,} normals per step (the mnistfc parameters).",
+      "",
+      f"Unit: one optax SGD-Nesterov step with its gradient on mnistfc, batch 128: median "
+      f"{r['sgd_step_ms']['median']:.2f} ms ({r['sgd_step_ms']['min']:.2f}..{r['sgd_step_ms']['max']:.2f}). "
+      f"Langevin step without noise: {r['langevin_without_noise_ms']['float32']['median']:.2f} ms (float32), "
+      f"{r['langevin_without_noise_ms']['bfloat16']['median']:.2f} ms (bfloat16).",
+      "",
+      "Fractions of that SGD step, per round: median [quartiles] (min..max).",
+      "",
+      "| candidate | fused into the Langevin step | ns / normal (fused) | standalone (draw written out) | ns / normal (standalone) |",
+      "|---|---|---|---|---|",
+  ]
+  for name, e in r["candidates"].items():
+    alone = e.get("standalone_fraction_of_sgd_step")
+    lines.append(
+        f"| {name} | {f(e['fused_fraction_of_sgd_step'])} | {e['fused_ns_per_normal']:.3f} | "
+        f"{f(alone) if alone else '-'} | {e.get('standalone_ns_per_normal', '-')} |")
+  path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--repeats", type=int, default=9, help="rounds (>= 7 for the report)")
+  parser.add_argument("--steps", type=int, default=20, help="steps per timed call")
+  parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results" / "noise_candidates"))
+  args = parser.parse_args(argv)
+  command = "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
+  info = machine()
+  results = measure(args.repeats, args.steps)
+  out = pathlib.Path(args.out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.with_suffix(".json").write_text(json.dumps(
+      {"command": command, "machine": info, "repeats": args.repeats, "steps": args.steps, "results": results},
+      indent=2))
+  write_markdown(out.with_suffix(".md"), command, info, args.repeats, args.steps, results)
+  print(out.with_suffix(".md").read_text())
+
+
+if __name__ == "__main__":
+  main()
