@@ -162,17 +162,17 @@ def normal_erfinv(bits: jax.Array) -> jax.Array:
 
 
 def _ih3_law() -> np.ndarray:
-  """P(S = s) for S = U(2^10) + U(2^10) + U(2^11), s = 0 .. 4094."""
+  """P(S = s) for S = U(2^10) + U(2^10) + U(2^11), s = 0 .. 4093."""
   p = np.convolve(np.full(1024, 2.0**-10), np.full(1024, 2.0**-10))
   return np.convolve(p, np.full(2048, 2.0**-11))
 
 
 def _fit_ih3(degree: int = 9) -> tuple[float, ...]:
-  """Odd polynomial c1 x + c3 x^3 + ... of x = s / 2047 - 1 through the normal
+  """Odd polynomial c1 x + c3 x^3 + ... of x = s / 2046.5 - 1 (S runs over 0 .. 4093) through the normal
   quantiles of the cells' mid-probabilities, least squares weighted by sqrt(P)."""
   p = _ih3_law()
   quantile = scipy.special.ndtri(np.cumsum(p) - p / 2)
-  x = np.arange(p.size) / 2047.0 - 1.0
+  x = np.arange(p.size) / 2046.5 - 1.0
   basis = np.stack([x ** (2 * k + 1) for k in range((degree + 1) // 2)], 1)
   weight = np.sqrt(p + 1e-9)
   coefficients, *_ = np.linalg.lstsq(basis * weight[:, None], quantile * weight, rcond=None)
@@ -185,7 +185,7 @@ IH3 = _fit_ih3()
 def normal_ih3(bits: jax.Array, dtype=jnp.float32) -> jax.Array:
   """Three uniform fields of the top 31 bits, summed, through an odd polynomial."""
   s = ((bits >> 1) & jnp.uint32(0x3FF)) + ((bits >> 11) & jnp.uint32(0x3FF)) + (bits >> 21)
-  x = _as_float(s, dtype) * jnp.asarray(1 / 2047.0, dtype) - jnp.asarray(1.0, dtype)
+  x = _as_float(s, dtype) * jnp.asarray(1 / 2046.5, dtype) - jnp.asarray(1.0, dtype)
   x2 = x * x
   p = jnp.full_like(x2, IH3[0])
   for c in IH3[1:]:

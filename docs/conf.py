@@ -61,9 +61,6 @@ nb_merge_streams = True
 # --- MyST ----------------------------------------------------------------
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence"]
 myst_heading_anchors = 3
-# The committed results and notebooks are written for GitHub, which makes its
-# own anchors; Sphinx need not resolve their in-page links.
-suppress_warnings = ["myst.xref_missing", "mystnb.unknown_mime_type"]
 
 # --- API reference from the docstrings (Google style) -----------------------
 autodoc_member_order = "bysource"

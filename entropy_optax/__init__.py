@@ -11,6 +11,8 @@ Three layers, visible from the imports:
   :func:`reference_params`, :func:`replicate`.
 * :mod:`entropy_optax.flax`: the Flax NNX and Linen integrations (the only
   module that imports flax).
+* :mod:`entropy_optax.recipes`: named hyperparameter recipes (the authors'
+  Lua and PyTorch code, Pittorino et al.'s).
 * Research tools: :mod:`entropy_optax.diagnostics` (Hessian spectra, local
   entropy and local energy) and :mod:`entropy_optax.langevin` (the raw
   Langevin step).
@@ -18,6 +20,7 @@ Three layers, visible from the imports:
 
 from entropy_optax import diagnostics
 from entropy_optax import langevin
+from entropy_optax import recipes
 from entropy_optax._src.alias import entropy_adam
 from entropy_optax._src.alias import entropy_sgd
 from entropy_optax._src.parle import ParleState

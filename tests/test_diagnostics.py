@@ -169,6 +169,20 @@ def test_local_entropy_of_a_quadratic_matches_its_closed_form():
   assert float(jnp.sqrt(jnp.mean((estimate.mean_params - m) ** 2))) < 0.02
 
 
+def test_local_entropy_estimate_takes_a_traced_gamma_and_says_nan_for_a_non_positive_one():
+  loss = lambda p, b: 0.5 * jnp.sum(b * p**2)
+  x = jnp.full(2, 1.0)
+  estimate = jax.jit(lambda gamma: diagnostics.local_entropy_estimate(
+      loss, x, jnp.ones((1, 2)), jax.random.key(0), gamma=gamma, noise=0.0,
+      langevin_lr=0.5, num_steps=10, num_lambdas=0))
+  # The proximal point gamma x / (1 + gamma), as with a concrete gamma.
+  np.testing.assert_allclose(estimate(jnp.float32(1.0)).mean_params, [0.5, 0.5], rtol=1e-6)
+  bad = estimate(jnp.float32(0.0))
+  assert all(bool(jnp.all(jnp.isnan(leaf))) for leaf in jax.tree.leaves(bad))
+  with pytest.raises(ValueError, match="gamma must be positive"):
+    diagnostics.local_entropy_estimate(loss, x, jnp.ones((1, 2)), jax.random.key(0), gamma=0.0)
+
+
 def test_local_energy_of_a_quadratic_is_its_loss_times_one_plus_sigma_squared():
   a, w = jnp.linspace(0.5, 2.0, 500), jnp.linspace(-1.0, 1.0, 500)
   loss = lambda p, b: 0.5 * jnp.sum(b * p**2)
