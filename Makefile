@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install test test-fast docs docs-doctest demo clean
+.PHONY: install test test-fast lint dist-check docs docs-doctest demo clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,11 +13,24 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-test: install docs docs-doctest
+test: install lint dist-check docs docs-doctest
 	$(PY) -m pytest
 
 test-fast: install
 	$(PY) -m pytest -m 'not slow'
+
+# ruff (lint and import order) and mypy on the package; both configured in pyproject.toml.
+lint: install
+	$(VENV)/bin/ruff check entropy_optax
+	$(VENV)/bin/mypy
+
+# Builds the sdist and the wheel (from the sdist), checks their contents and metadata, and imports
+# the package from the wheel in a fresh virtualenv. DIST_CHECK_ARGS=--with-deps installs the
+# wheel's dependencies from the index there instead of reusing this virtualenv's.
+DIST_CHECK_ARGS ?=
+
+dist-check: install
+	$(PY) tests/dist_check.py $(DIST_CHECK_ARGS)
 
 # On Debian as root, `make demo` installs the real Fashion-MNIST (apt package
 # dataset-fashion-mnist); elsewhere the demo reads --data-dir, downloads, or
@@ -44,4 +57,4 @@ docs-doctest: install
 	$(VENV)/bin/sphinx-build -W --keep-going -b doctest docs docs/_build/doctest
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info docs/_build docs/notebooks
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info docs/_build docs/notebooks

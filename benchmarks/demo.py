@@ -204,9 +204,9 @@ class _NoBar:
 def _progress(label: str, args: argparse.Namespace) -> Any:
   if args.no_progress:
     return _NoBar()
-  from tqdm import tqdm
+  from benchmarks.progress import progress  # tqdm: only the examples extra has it
 
-  return tqdm(
+  return progress(
       total=args.epochs, desc=f"{label:>13}", file=sys.stdout,
       bar_format="{desc}: {n:.1f}/{total} eff. epochs |{bar}| {elapsed}<{remaining} {postfix}",
   )

@@ -222,9 +222,9 @@ def write_markdown(results: dict[str, Any], sigmas: np.ndarray, path: pathlib.Pa
       ("top Hessian eigenvalue", lambda r: f"{r['top_eigenvalue']:.4g}"),
       ("most negative Ritz value", lambda r: f"{r['min_eigenvalue']:.3g}"),
       ("Hessian trace (± s.e.)", lambda r: f"{r['trace']:.4g} ± {r['trace_stderr']:.2g}"),
-      ("Gibbs <f(x')> (gamma 0.03, eps 1e-4)", lambda r: f"{r['gibbs_mean_loss']:.4f}"),
-      ("Gibbs <|x' - x|^2>", lambda r: f"{r['gibbs_mean_sq_distance']:.4g}"),
-      ("free energy int <f>_lambda", lambda r: f"{r['free_energy']:.4f}"),
+      ("Gibbs `<f(x')>` (gamma 0.03, eps 1e-4)", lambda r: f"{r['gibbs_mean_loss']:.4f}"),
+      ("Gibbs `<‖x' - x‖^2>`", lambda r: f"{r['gibbs_mean_sq_distance']:.4g}"),
+      ("free energy `∫ <f>_λ dλ`", lambda r: f"{r['free_energy']:.4f}"),
   ] + [
       (f"train error (%) at sigma {s:g}",
        lambda r, i=i: f"{100 * r['local_energy'][i]:.2f} ± {100 * r['local_energy_stderr'][i]:.2f}")

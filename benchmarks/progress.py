@@ -19,12 +19,15 @@ class _Lines:
 
   def __init__(self, stream: TextIO):
     self._stream = stream
+    self._last = ""
 
   def write(self, text: str) -> int:
     # tqdm draws "\r" + bar (padded with spaces over the previous one), and "\n" on close.
     for part in text.replace("\n", "\r").split("\r"):
-      if part.strip():
-        self._stream.write(part.rstrip() + "\n")
+      line = part.rstrip()
+      if line and line != self._last:  # close() redraws the final state once more
+        self._stream.write(line + "\n")
+        self._last = line
     return len(text)
 
   def flush(self) -> None:

@@ -5,9 +5,12 @@ Each notebook is executed once per session at the tiny budget
 that also produces the committed, full-budget copies.
 """
 
+import ast
 import importlib.util
 import pathlib
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -116,9 +119,68 @@ def test_committed_notebook_was_run_top_to_bottom_once_with_figures_and_fits_2_m
   assert any(_has_figure(cell) for cell in cells)
 
 
+# What `pip install entropy_optax` brings; every other import must be installable by the first cell.
+CORE = {"entropy_optax", "jax", "optax", "numpy"}
+
+
+def _first_cell(name):
+  return _code_cells(nbformat.read(NOTEBOOKS / name, as_version=4))[0].source
+
+
+def _run_first_cell(name, monkeypatch, absent):
+  """Runs a notebook's first code cell with ``absent`` modules missing and pip stubbed out.
+
+  Returns the pip commands it ran.
+  """
+  real_find_spec = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, "find_spec",
+                      lambda module, *a: None if module in absent else real_find_spec(module, *a))
+  commands = []
+  monkeypatch.setattr(subprocess, "check_call", lambda cmd, *a, **k: commands.append(cmd))
+  namespace = {}
+  exec(compile(_first_cell(name), f"{name}[first cell]", "exec"), namespace)
+  assert isinstance(namespace["TINY"], bool)  # the budget is read in the first cell
+  return commands
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_notebook_installs_the_package_only_when_it_is_missing_and_reads_the_budget_first(name):
-  first = _code_cells(nbformat.read(NOTEBOOKS / name, as_version=4))[0].source
-  assert 'importlib.util.find_spec("entropy_optax") is None' in first
-  assert "entropy_optax[examples] @ git+" in first
-  assert _execute.BUDGET_VARIABLE in first
+def test_notebook_first_cell_names_every_import_the_package_does_not_bring(name):
+  notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+  imported = set()
+  for cell in _code_cells(notebook):
+    for node in ast.walk(ast.parse(cell.source)):
+      if isinstance(node, ast.Import):
+        imported |= {alias.name.split(".")[0] for alias in node.names}
+      elif isinstance(node, ast.ImportFrom) and not node.level:
+        imported.add(node.module.split(".")[0])
+  [needed] = [node.value for node in ast.walk(ast.parse(_first_cell(name)))
+              if isinstance(node, ast.Assign) and ast.unparse(node.targets[0]) == "NEEDED"]
+  needed = ast.literal_eval(needed)
+  assert {module.split(".")[0] for module in needed} == imported - sys.stdlib_module_names - CORE
+  tomllib = pytest.importorskip("tomllib")
+  pyproject = tomllib.loads((NOTEBOOKS.parent / "pyproject.toml").read_text())
+  examples = {re.split(r"[\s\[<>=!~;]", requirement)[0]
+              for requirement in pyproject["project"]["optional-dependencies"]["examples"]}
+  assert set(needed.values()) <= examples  # `pip install -e '.[examples]'` brings them all
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_notebook_first_cell_installs_only_what_is_missing_even_with_the_package_present(
+    name, monkeypatch
+):
+  monkeypatch.chdir(NOTEBOOKS)
+  assert _run_first_cell(name, monkeypatch, absent=()) == []
+  [command] = _run_first_cell(name, monkeypatch, absent={"sklearn"})
+  assert command[1:] == ["-m", "pip", "install", "-q", "scikit-learn"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_notebook_first_cell_installs_the_package_from_the_clone_it_sits_in(
+    name, monkeypatch, tmp_path
+):
+  monkeypatch.chdir(NOTEBOOKS)
+  [command] = _run_first_cell(name, monkeypatch, absent={"entropy_optax"})
+  assert command[-1] == f"entropy_optax[examples] @ {NOTEBOOKS.parent.as_uri()}"
+  monkeypatch.chdir(tmp_path)  # no clone around and no SOURCE set: say what to do
+  with pytest.raises(RuntimeError, match=r"pip install -e '\.\[examples\]'"):
+    _run_first_cell(name, monkeypatch, absent={"entropy_optax"})

@@ -59,8 +59,8 @@ def entropy_sgd(
 
   This is the authors' (Lua) code's algorithm; their PyTorch port adds outer
   Nesterov momentum 0.9 (``momentum=0.9``). See :func:`local_entropy` for the
-  two calling modes (step-interleaved and fused), and the README for the
-  authors' recipes.
+  two calling modes (step-interleaved and fused), and
+  :mod:`entropy_optax.recipes` for the authors' recipes and later ones.
 
   Args:
     learning_rate: eta, the outer step size (authors' ``--lr``), about 1; a

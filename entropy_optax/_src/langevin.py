@@ -37,11 +37,11 @@ class LangevinHyperparams(NamedTuple):
   inner_momentum: Any
   """beta (traced or not); unused when the momentum buffer is None."""
   nesterov: bool
-  """Static: the Nesterov form of the momentum."""
+  """(static) the Nesterov form of the momentum."""
   draw_noise: bool
-  """Static: False skips the draws (noise is the constant 0)."""
+  """(static) False skips the draws (noise is the constant 0)."""
   noise_generator: str = "hash"
-  """Static: the generator of the N(0, 1) draws."""
+  """(static) the generator of the N(0, 1) draws."""
 
 
 class LangevinResult(NamedTuple):
