@@ -2,14 +2,17 @@
 
 Every candidate turns a step's key into N(0, 1) draws shaped like the mnistfc
 parameters (784-1024-1024-10 MLP, 1.86 M float32) and is timed two ways, in one
-process, candidates alternating (A B C ... A B C ...):
+process, candidates alternating (A B C ... A B C ..., the order rotating from
+round to round; each timing is the fastest of ``--burst`` back-to-back calls,
+which keeps out most of what other processes on a shared machine add):
 
 * standalone: ``STEPS`` draws of the whole pytree in one jitted ``lax.scan``,
   each written to memory (the draw alone);
 * fused: ``STEPS`` Langevin steps of the walker (momentum, walker with noise,
   running mean: the update of ``entropy_optax._src.langevin``) in one jitted
-  ``lax.scan``, minus the same steps without noise: what the noise adds where
-  XLA can fuse the draw into the update, as the fused Entropy-SGD step does.
+  ``lax.scan``, minus the same steps without noise timed just before it
+  (paired): what the noise adds where XLA can fuse the draw into the update,
+  as the fused Entropy-SGD step does.
 
 The unit is one optax SGD-Nesterov step *with its gradient* on mnistfc, batch
 128 (``benchmarks/speed.py``'s baseline), timed in the same rounds: each round
@@ -390,7 +393,7 @@ def time_call(fn: Callable[[], Any]) -> float:
   return time.perf_counter() - start
 
 
-def measure(repeats: int, steps: int) -> dict[str, Any]:
+def measure(repeats: int, steps: int, burst: int = 3) -> dict[str, Any]:
   params = init_mnistfc(jax.random.key(0))
   grads = init_mnistfc(jax.random.key(1))
   n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
@@ -422,10 +425,20 @@ def measure(repeats: int, steps: int) -> dict[str, Any]:
       calls[f"standalone|{name}"] = lambda f=alone, t=carry[0]: f(t)
   for fn in calls.values():
     jax.block_until_ready(fn())  # compile and warm up
-  times: dict[str, list[float]] = {name: [] for name in calls}
-  for _ in range(repeats):
-    for name, fn in calls.items():
-      times[name].append(time_call(fn))
+  best = lambda fn: min(time_call(fn) for _ in range(burst))
+  times: dict[str, list[float]] = {name: [] for name in calls if not name.startswith("langevin")}
+  base_of: dict[str, list[float]] = {name: [] for name in cands}
+  names = list(cands)
+  for r in range(repeats):
+    times["sgd"].append(best(calls["sgd"]))
+    # Each candidate right after its own baseline (paired), in an order that
+    # rotates from round to round.
+    for name in names[r % len(names):] + names[:r % len(names)]:
+      dtype = cands[name][1]
+      base_of[name].append(best(calls[f"langevin without noise [{dtype}]"]))
+      times[f"fused|{name}"].append(best(calls[f"fused|{name}"]))
+      if f"standalone|{name}" in calls:
+        times[f"standalone|{name}"].append(best(calls[f"standalone|{name}"]))
 
   sgd = [t / SGD_STEPS for t in times["sgd"]]
   summary = lambda xs: {
@@ -435,12 +448,13 @@ def measure(repeats: int, steps: int) -> dict[str, Any]:
       "param_count": n,
       "sgd_step_ms": summary([1e3 * s for s in sgd]),
       "langevin_without_noise_ms": {
-          dtype: summary([1e3 * t / steps for t in times[f"langevin without noise [{dtype}]"]])
+          dtype: summary([1e3 * t / steps for name in cands if cands[name][1] == dtype
+                          for t in base_of[name]])
           for dtype in ("float32", "bfloat16")},
       "candidates": {},
   }
   for name, (_, dtype) in cands.items():
-    base = times[f"langevin without noise [{dtype}]"]
+    base = base_of[name]
     fused = [(t - b) / steps / s for t, b, s in zip(times[f"fused|{name}"], base, sgd)]
     entry = {
         "leaf_dtype": dtype,
@@ -469,7 +483,8 @@ def machine() -> dict[str, Any]:
           "backend": jax.default_backend(), "python": platform.python_version()}
 
 
-def write_markdown(path: pathlib.Path, command: str, info: dict, repeats: int, steps: int, r: dict) -> None:
+def write_markdown(path: pathlib.Path, command: str, info: dict, repeats: int, steps: int, burst: int,
+                   r: dict) -> None:
   f = lambda s: f"{s['median']:.3f} [{s['q1']:.3f}, {s['q3']:.3f}] ({s['min']:.3f}..{s['max']:.3f})"
   lines = [
       "# The Langevin noise: candidates side by side",
@@ -477,7 +492,9 @@ def write_markdown(path: pathlib.Path, command: str, info: dict, repeats: int, s
       f"Command: `{command}`",
       "",
       f"Machine: {info['cpu']}, {info['cores']} cores, JAX {info['jax']} on {info['backend']}.",
-      f"{repeats} rounds, candidates alternating within each round; {steps} steps per timed call;",
+      f"{repeats} rounds, candidates alternating within each round (order rotating); {steps} steps per",
+      f"timed call; each timing the fastest of {burst} back-to-back calls; the fused cost is paired with",
+      "the noiseless Langevin step timed just before it;",
       f"{r['param_count']:,} normals per step (the mnistfc parameters).",
       "",
       f"Unit: one optax SGD-Nesterov step with its gradient on mnistfc, batch 128: median "
@@ -502,17 +519,19 @@ def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--repeats", type=int, default=9, help="rounds (>= 7 for the report)")
   parser.add_argument("--steps", type=int, default=20, help="steps per timed call")
+  parser.add_argument("--burst", type=int, default=3, help="back-to-back calls per timing (the fastest counts)")
   parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results" / "noise_candidates"))
   args = parser.parse_args(argv)
   command = "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
   info = machine()
-  results = measure(args.repeats, args.steps)
+  results = measure(args.repeats, args.steps, args.burst)
   out = pathlib.Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.with_suffix(".json").write_text(json.dumps(
-      {"command": command, "machine": info, "repeats": args.repeats, "steps": args.steps, "results": results},
+      {"command": command, "machine": info, "repeats": args.repeats, "steps": args.steps, "burst": args.burst,
+       "results": results},
       indent=2))
-  write_markdown(out.with_suffix(".md"), command, info, args.repeats, args.steps, results)
+  write_markdown(out.with_suffix(".md"), command, info, args.repeats, args.steps, args.burst, results)
   print(out.with_suffix(".md").read_text())
 
 

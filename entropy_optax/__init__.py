@@ -40,9 +40,10 @@ from entropy_optax._src.transform import local_entropy
 __version__ = "0.2.0.dev0"
 
 __all__ = (
-    # The research submodules, imported here so that `entropy_optax.diagnostics` works.
+    # The submodules, imported here so that `entropy_optax.diagnostics` and the others work.
     "diagnostics",
     "langevin",
+    "recipes",
     "EntropySGDState",
     "ParleState",
     "anchor_params",

@@ -40,7 +40,8 @@ PACKAGE = "entropy_optax"
 SDIST_MUST_HOLD = ("LICENSE", "README.md", "pyproject.toml", f"{PACKAGE}/__init__.py",
                    f"{PACKAGE}/py.typed")
 WHEEL_MUST_NOT_HOLD = ("tests/", "benchmarks/", "notebooks/", "docs/")
-IMPORTS = (PACKAGE, f"{PACKAGE}.flax", f"{PACKAGE}.diagnostics", f"{PACKAGE}.langevin")
+IMPORTS = (PACKAGE, f"{PACKAGE}.flax", f"{PACKAGE}.diagnostics", f"{PACKAGE}.langevin",
+           f"{PACKAGE}.recipes")
 
 
 def _run(cmd: list[str], **kwargs) -> str:
