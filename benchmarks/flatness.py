@@ -292,7 +292,10 @@ class Optimizer:
 
 def optimizer_specs(config: dict[str, Any]) -> dict[str, Optimizer]:
   per_pass = config["train_size"] // config["batch_size"]
-  cap = lambda k: max(1, int(config["epochs"] * per_pass / k))
+
+  def cap(k: int) -> int:  # calls of k minibatches in the cap's effective epochs
+    return max(1, int(config["epochs"] * per_pass / k))
+
   override = {"inner_steps": config["inner_steps"]} if config["inner_steps"] else {}
   k_sgd = config["sgd_steps_per_call"]
   k_lua = config["inner_steps"] or 20
@@ -353,7 +356,9 @@ def train_to_target(name: str, seed: int, config: dict[str, Any],
   per_pass = n // batch
   target = config["target_loss"]
   calls_per_check = max(1, math.ceil(config["check_every"] / k))
-  check = lambda p: float(dataset_mean(loss_fn, p, data["loss_batches"]))
+
+  def check(p: Any) -> float:  # the training loss that is compared with the target
+    return float(dataset_mean(loss_fn, p, data["loss_batches"]))
 
   start = time.perf_counter()
   params = init_mlp(jax.random.key(seed), (x.shape[1], config["hidden"], config["hidden"], 10))
@@ -474,7 +479,8 @@ def machine() -> dict[str, Any]:
   cpu = platform.processor() or platform.machine()
   try:
     text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, check=False).stdout
-    cpu = next(line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Model name"))
+    cpu = next(line.split(":", 1)[1].strip() for line in text.splitlines()
+               if line.startswith("Model name"))
   except (OSError, StopIteration, subprocess.SubprocessError):
     pass
   return {"cpu": cpu, "cpus": os.cpu_count(), "jax": jax.__version__, "backend": jax.default_backend(),
@@ -490,7 +496,8 @@ def cell(values: list[float], fmt: str, scale: float = 1.0) -> str:
   if not values:
     return "—"
   mean, std = mean_std([scale * v for v in values])
-  return f"{mean:{fmt}}" if math.isnan(std) else f"{mean:{fmt}} ± {std:{fmt}}"
+  std_fmt = ".2g" if fmt.endswith("g") else fmt
+  return f"{mean:{fmt}}" if math.isnan(std) else f"{mean:{fmt}} ± {std:{std_fmt}}"
 
 
 def expected_seeds(report: dict[str, Any]) -> list[int]:
@@ -581,7 +588,8 @@ def write_markdown(report: dict[str, Any], path: pathlib.Path) -> None:
   missing = {name: [s for s in seeds if f"{name}/{s}" not in report["runs"]] for name in OPTIMIZERS}
   per_pass = config["train_size"] // config["batch_size"]
   lines = [
-      "# Flatness of the minima SGD and Entropy-SGD find, at equal training loss (mnistfc, Fashion-MNIST)",
+      "# Flatness of the minima SGD and Entropy-SGD find, at equal training loss "
+      "(mnistfc, Fashion-MNIST)",
       "",
       f"* Command (the whole experiment; it skips the end points the JSON holds): "
       f"`{completion_command(report, list(OPTIMIZERS))}`",
@@ -650,47 +658,55 @@ def write_markdown(report: dict[str, Any], path: pathlib.Path) -> None:
     return text
 
   def row(label: str, fn: Callable[[list[dict[str, Any]]], str]) -> str:
-    return f"| {label} | " + " | ".join(fn(columns[name]) if columns[name] else "—" for name in OPTIMIZERS) + " |"
+    cells = (fn(columns[name]) if columns[name] else "—" for name in OPTIMIZERS)
+    return f"| {label} | " + " | ".join(cells) + " |"
 
-  gap = lambda r: 100 * (config["target_loss"] - r["loss"]) / config["target_loss"] if config["target_loss"] else 0
+  def stat(value: Callable[[dict[str, Any]], float], fmt: str, scale: float = 1.0) -> Callable[..., str]:
+    return lambda rs: cell([value(r) for r in rs], fmt, scale)
+
+  def gap(r: dict[str, Any]) -> float:  # how far below the target, in % of it
+    target = config["target_loss"]
+    return 100 * (target - r["loss"]) / target if target else 0.0
+
+  def trace_cell(rs: list[dict[str, Any]]) -> str:
+    rms_stderr = math.sqrt(np.mean([r["trace_stderr"] ** 2 for r in rs]))
+    return cell([r["trace"] for r in rs], ".4g") + f" (s.e. {rms_stderr:.2g})"
+
   lines.append("| end points (seeds) | " + " | ".join(done_cell(n) for n in OPTIMIZERS) + " |")
   lines += [
       row("target reached", lambda rs: f"{sum(r['reached'] for r in rs)} of {len(rs)}"),
-      row("effective epochs to the target", lambda rs: cell([r["epochs"] for r in rs], ".1f")),
+      row("effective epochs to the target", stat(lambda r: r["epochs"], ".1f")),
       row(f"training loss at the end point ({config['loss_size']} images)",
-          lambda rs: cell([r["loss"] for r in rs], ".4f")),
+          stat(lambda r: r["loss"], ".4f")),
       row("largest gap below the target (%)", lambda rs: f"{max(gap(r) for r in rs):.2f}"),
-      row(f"train loss, all {config['train_size']} images", lambda rs: cell([r["train_loss"] for r in rs], ".4f")),
-      row("train error (%)", lambda rs: cell([r["train_error"] for r in rs], ".2f", 100)),
-      row("test loss", lambda rs: cell([r["test_loss"] for r in rs], ".4f")),
-      row("test error (%)", lambda rs: cell([r["test_error"] for r in rs], ".2f", 100)),
+      row(f"train loss, all {config['train_size']} images", stat(lambda r: r["train_loss"], ".4f")),
+      row("train error (%)", stat(lambda r: r["train_error"], ".2f", 100)),
+      row("test loss", stat(lambda r: r["test_loss"], ".4f")),
+      row("test error (%)", stat(lambda r: r["test_error"], ".2f", 100)),
   ]
+  lines += [row(f"Hessian eigenvalue {i + 1}", stat(lambda r, i=i: r["top_eigenvalues"][i], ".4g"))
+            for i in range(config["top_k"])]
   lines += [
-      row(f"Hessian eigenvalue {i + 1}", lambda rs, i=i: cell([r["top_eigenvalues"][i] for r in rs], ".4g"))
-      for i in range(config["top_k"])
+      row("Hessian trace (Hutchinson; rms s.e. of the seeds)", trace_cell),
+      row("most negative Ritz value (SLQ)", stat(lambda r: r["min_ritz"], ".3g")),
   ]
-  lines += [
-      row("Hessian trace (Hutchinson; rms s.e.)", lambda rs: cell([r["trace"] for r in rs], ".4g")
-          + f" (s.e. {math.sqrt(np.mean([r['trace_stderr'] ** 2 for r in rs])):.2g})"),
-      row("most negative Ritz value (SLQ)", lambda rs: cell([r["min_ritz"] for r in rs], ".3g")),
-  ]
-  for i, sigma in enumerate(config["sigmas"]):
-    lines.append(row(f"local energy: train error (%) at sigma {sigma:g}",
-                     lambda rs, i=i: cell([r["energy_error"][i] for r in rs], ".2f", 100)))
-  for i, sigma in enumerate(config["sigmas"]):
-    lines.append(row(f"local energy: train loss at sigma {sigma:g}",
-                     lambda rs, i=i: cell([r["energy_loss"][i] for r in rs], ".4f")))
+  lines += [row(f"local energy: train error (%) at sigma {sigma:g}",
+                stat(lambda r, i=i: r["energy_error"][i], ".2f", 100))
+            for i, sigma in enumerate(config["sigmas"])]
+  lines += [row(f"local energy: train loss at sigma {sigma:g}",
+                stat(lambda r, i=i: r["energy_loss"][i], ".4f"))
+            for i, sigma in enumerate(config["sigmas"])]
   if config["entropy_steps"]:
     lines += [
-        row("Gibbs `<f(x')>` (gamma 0.03, eps 1e-4)", lambda rs: cell([r["gibbs_mean_loss"] for r in rs], ".4f")),
-        row("Gibbs `<‖x' - x‖^2>`", lambda rs: cell([r["gibbs_mean_sq_distance"] for r in rs], ".4g")),
-        row("free energy `∫ <f>_λ dλ`", lambda rs: cell([r["free_energy"] for r in rs], ".4f")),
+        row("Gibbs `<f(x')>` (gamma 0.03, eps 1e-4)", stat(lambda r: r["gibbs_mean_loss"], ".4f")),
+        row("Gibbs `<‖x' - x‖^2>`", stat(lambda r: r["gibbs_mean_sq_distance"], ".4g")),
+        row("free energy `∫ <f>_λ dλ`", stat(lambda r: r["free_energy"], ".4f")),
     ]
   lines += [
-      row("scope gamma at the end point", lambda rs: "—" if rs[0]["gamma_end"] is None
-          else cell([r["gamma_end"] for r in rs], ".3g")),
-      row("training wall time (s)", lambda rs: cell([r["train_seconds"] for r in rs], ".1f")),
-      row("measuring wall time (s)", lambda rs: cell([r["wall_s"] - r["train_seconds"] for r in rs], ".1f")),
+      row("scope gamma at the end point",
+          lambda rs: "—" if rs[0]["gamma_end"] is None else cell([r["gamma_end"] for r in rs], ".3g")),
+      row("training wall time (s)", stat(lambda r: r["train_seconds"], ".1f")),
+      row("measuring wall time (s)", stat(lambda r: r["wall_s"] - r["train_seconds"], ".1f")),
       "",
       "## End points",
       "",
@@ -703,13 +719,15 @@ def write_markdown(report: dict[str, Any], path: pathlib.Path) -> None:
       flag_text = "" if not r["reached"] or gap(r) <= 100 * tolerance else " (outside tolerance)"
       lines.append(
           f"| {OPTIMIZERS[name]} | {r['seed']} | {r['status']}{flag_text} | {r['epochs']:.2f} | "
-          f"{r['loss']:.5f} | {gap(r):.2f} | {r['checks']} | {r['skipped_outer_steps']} | {r['wall_s']:.1f} |")
+          f"{r['loss']:.5f} | {gap(r):.2f} | {r['checks']} | {r['skipped_outer_steps']} | "
+          f"{r['wall_s']:.1f} |")
   todo = {name: seeds_left for name, seeds_left in missing.items() if seeds_left}
   if todo:
     lines += ["", "## Missing", ""]
-    lines += [f"* {OPTIMIZERS[name]}, seeds {', '.join(map(str, s))}: `{completion_command(report, [name])}`"
-              for name, s in todo.items()]
-    lines += ["", f"All of them: `{completion_command(report, list(todo))}` (finished end points are skipped)."]
+    lines += [f"* {OPTIMIZERS[name]}, seeds {', '.join(map(str, left))}: "
+              f"`{completion_command(report, [name])}`" for name, left in todo.items()]
+    lines += ["", f"All of them: `{completion_command(report, list(todo))}` (it skips the finished "
+              "end points)."]
   path.write_text("\n".join(lines) + "\n")
 
 
@@ -723,17 +741,24 @@ def write_report(report: dict[str, Any], out: pathlib.Path, figure: bool = True)
 
 
 def load_data(args: argparse.Namespace) -> dict[str, Any]:
-  dataset = data_lib.load_dataset("fashion_mnist", args.data_dir, download=False)
-  x = dataset.x_train.reshape(len(dataset.x_train), -1).astype(np.float32)[: args.train_size]
-  y = dataset.y_train[: args.train_size].astype(np.int32)
+  return _load_data(args.data_dir, args.train_size, args.loss_size, args.hessian_size,
+                    args.hessian_batch, args.energy_size)
+
+
+@functools.lru_cache(maxsize=1)  # a process that runs main() again (the tests) reads the files once
+def _load_data(data_dir: str, train_size: int, loss_size: int, hessian_size: int, hessian_batch: int,
+               energy_size: int) -> dict[str, Any]:
+  dataset = data_lib.load_dataset("fashion_mnist", data_dir, download=False)
+  x = dataset.x_train.reshape(len(dataset.x_train), -1).astype(np.float32)[:train_size]
+  y = dataset.y_train[:train_size].astype(np.int32)
   x_test = dataset.x_test.reshape(len(dataset.x_test), -1).astype(np.float32)
   return {
       "source": dataset.source, "x_train": x, "y_train": y,
-      "loss_batches": whole_batches(x[: args.loss_size], y[: args.loss_size]),
+      "loss_batches": whole_batches(x[:loss_size], y[:loss_size]),
       "train_batches": whole_batches(x, y),
       "test_batches": whole_batches(x_test, dataset.y_test.astype(np.int32)),
-      "hessian_batches": as_batches(x[: args.hessian_size], y[: args.hessian_size], args.hessian_batch),
-      "energy_batches": whole_batches(x[: args.energy_size], y[: args.energy_size], 512),
+      "hessian_batches": as_batches(x[:hessian_size], y[:hessian_size], hessian_batch),
+      "energy_batches": whole_batches(x[:energy_size], y[:energy_size], 512),
   }
 
 
