@@ -78,7 +78,7 @@ def init_mnistfc(key: jax.Array) -> list[dict[str, jax.Array]]:
   keys = jax.random.split(key, len(SIZES) - 1)
   return [
       {"w": jax.random.normal(k, (a, b)) / np.sqrt(a), "b": jnp.zeros(b)}
-      for k, a, b in zip(keys, SIZES[:-1], SIZES[1:])
+      for k, a, b in zip(keys, SIZES[:-1], SIZES[1:], strict=True)
   ]
 
 
@@ -272,7 +272,7 @@ def counter_based(bits_fn: Callable, transform: Callable, dtype: Any = None) -> 
     leaves, treedef = jax.tree.flatten(tree)
     keys = jax.random.split(key, len(leaves))
     out = []
-    for k, leaf in zip(keys, leaves):
+    for k, leaf in zip(keys, leaves, strict=True):
       words = jax.random.bits(k, (2,), jnp.uint32)
       bits = bits_fn(words, leaf.shape)
       z = transform(bits) if dtype is None else transform(bits, dtype)
@@ -287,14 +287,14 @@ def pair_based(key, tree):
   keys = jax.random.split(key, len(leaves))
   return jax.tree.unflatten(treedef, [
       normal_boxmuller(jax.random.bits(k, (2,), jnp.uint32), leaf.shape).astype(leaf.dtype)
-      for k, leaf in zip(keys, leaves)])
+      for k, leaf in zip(keys, leaves, strict=True)])
 
 
 def threefry(key, tree):
   leaves, treedef = jax.tree.flatten(tree)
   keys = jax.random.split(key, len(leaves))
   return jax.tree.unflatten(
-      treedef, [jax.random.normal(k, leaf.shape, leaf.dtype) for k, leaf in zip(keys, leaves)])
+      treedef, [jax.random.normal(k, leaf.shape, leaf.dtype) for k, leaf in zip(keys, leaves, strict=True)])
 
 
 def package_generator() -> Callable | None:
@@ -356,7 +356,7 @@ def langevin_scan(draw: Callable | None, steps: int) -> Callable:
     noise = draw(jax.random.fold_in(jax.random.key(0), k), walker) if draw is not None else None
     leaves = [jax.tree.leaves(t) for t in (grads, walker, anchor, mean, momentum)]
     zs = jax.tree.leaves(noise) if noise is not None else [None] * len(leaves[0])
-    results = [leaf_step(*args, z) for *args, z in zip(*leaves, zs)]
+    results = [leaf_step(*args, z) for *args, z in zip(*leaves, zs, strict=True)]
     treedef = jax.tree.structure(walker)
     return tuple(jax.tree.unflatten(treedef, [r[i] for r in results]) for i in range(3))
 
@@ -393,7 +393,7 @@ def time_call(fn: Callable[[], Any]) -> float:
   return time.perf_counter() - start
 
 
-def measure(repeats: int, steps: int, burst: int = 3) -> dict[str, Any]:
+def measure(repeats: int, steps: int, burst: int = 3, only: list[str] | None = None) -> dict[str, Any]:
   params = init_mnistfc(jax.random.key(0))
   grads = init_mnistfc(jax.random.key(1))
   n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
@@ -416,6 +416,8 @@ def measure(repeats: int, steps: int, burst: int = 3) -> dict[str, Any]:
     run = langevin_scan(None, steps)
     calls[f"langevin without noise [{dtype}]"] = lambda run=run, c=carry, g=g, x=x: run(c, g, x)
   cands = candidates()
+  if only:
+    cands = {name: c for name, c in cands.items() if any(o in name for o in only)}
   for name, (draw, dtype) in cands.items():
     carry, g, x = carry_of(dtype)
     fused = langevin_scan(draw, steps)
@@ -450,21 +452,21 @@ def measure(repeats: int, steps: int, burst: int = 3) -> dict[str, Any]:
       "langevin_without_noise_ms": {
           dtype: summary([1e3 * t / steps for name in cands if cands[name][1] == dtype
                           for t in base_of[name]])
-          for dtype in ("float32", "bfloat16")},
+          for dtype in ("float32", "bfloat16") if any(c[1] == dtype for c in cands.values())},
       "candidates": {},
   }
   for name, (_, dtype) in cands.items():
     base = base_of[name]
-    fused = [(t - b) / steps / s for t, b, s in zip(times[f"fused|{name}"], base, sgd)]
+    fused = [(t - b) / steps / s for t, b, s in zip(times[f"fused|{name}"], base, sgd, strict=True)]
     entry = {
         "leaf_dtype": dtype,
         "fused_fraction_of_sgd_step": summary(fused),
         "fused_ns_per_normal": round(1e9 * statistics.median(
-            [(t - b) / steps / n for t, b in zip(times[f"fused|{name}"], base)]), 3),
+            [(t - b) / steps / n for t, b in zip(times[f"fused|{name}"], base, strict=True)]), 3),
     }
     if f"standalone|{name}" in times:
       alone = times[f"standalone|{name}"]
-      entry["standalone_fraction_of_sgd_step"] = summary([t / steps / s for t, s in zip(alone, sgd)])
+      entry["standalone_fraction_of_sgd_step"] = summary([t / steps / s for t, s in zip(alone, sgd, strict=True)])
       entry["standalone_ns_per_normal"] = round(1e9 * statistics.median(alone) / steps / n, 3)
     results["candidates"][name] = entry
   return results
@@ -499,8 +501,8 @@ def write_markdown(path: pathlib.Path, command: str, info: dict, repeats: int, s
       "",
       f"Unit: one optax SGD-Nesterov step with its gradient on mnistfc, batch 128: median "
       f"{r['sgd_step_ms']['median']:.2f} ms ({r['sgd_step_ms']['min']:.2f}..{r['sgd_step_ms']['max']:.2f}). "
-      f"Langevin step without noise: {r['langevin_without_noise_ms']['float32']['median']:.2f} ms (float32), "
-      f"{r['langevin_without_noise_ms']['bfloat16']['median']:.2f} ms (bfloat16).",
+      "Langevin step without noise: " + ", ".join(
+          f"{v['median']:.2f} ms ({dtype})" for dtype, v in r["langevin_without_noise_ms"].items()) + ".",
       "",
       "Fractions of that SGD step, per round: median [quartiles] (min..max).",
       "",
@@ -520,11 +522,12 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--repeats", type=int, default=9, help="rounds (>= 7 for the report)")
   parser.add_argument("--steps", type=int, default=20, help="steps per timed call")
   parser.add_argument("--burst", type=int, default=3, help="back-to-back calls per timing (the fastest counts)")
+  parser.add_argument("--only", nargs="+", help="candidates whose names contain one of these strings")
   parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results" / "noise_candidates"))
   args = parser.parse_args(argv)
   command = "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
   info = machine()
-  results = measure(args.repeats, args.steps, args.burst)
+  results = measure(args.repeats, args.steps, args.burst, args.only)
   out = pathlib.Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.with_suffix(".json").write_text(json.dumps(

@@ -24,6 +24,7 @@ import optax
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 import entropy_optax
+from entropy_optax._src import noise as noise_lib
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 from benchmarks import hlo as hlo_tools  # noqa: E402  (collectives of a compiled program)
@@ -273,7 +274,7 @@ def parle_checks() -> dict:
 def main() -> None:
   assert jax.device_count() == 8, jax.devices()
   has_generators = "noise_generator" in inspect.signature(entropy_optax.entropy_sgd).parameters
-  generators = ["hash", "hash_erfinv", "threefry"] if has_generators else [None]
+  generators = list(noise_lib.NOISE_GENERATORS) if has_generators else [None]
   mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
   results = {
       "entropy_sgd": entropy_sgd_checks(mesh, generators),

@@ -1,5 +1,6 @@
 """The Langevin noise: its law, its freshness and its reproducibility."""
 
+import inspect
 import os
 import subprocess
 import sys
@@ -8,9 +9,8 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.special
-import scipy.stats
 import pytest
+import scipy.stats
 
 import entropy_optax
 from entropy_optax._src import noise
@@ -99,7 +99,6 @@ def test_the_generators_draw_different_numbers_from_the_same_key():
 
 def test_the_generators_are_named_and_hash_is_the_default():
   assert noise.NOISE_GENERATORS == ("hash", "threefry")
-  import inspect
   assert inspect.signature(noise.standard_normal_like).parameters["generator"].default == "hash"
 
 
@@ -153,8 +152,10 @@ def test_hash_bits_are_lowbias32_of_the_keyed_index():
   every machine. lowbias32 computed here in numpy."""
   def lowbias32(h):
     h = h.astype(np.uint64)
-    h ^= h >> 16; h = (h * 0x7FEB352D) & 0xFFFFFFFF
-    h ^= h >> 15; h = (h * 0x846CA68B) & 0xFFFFFFFF
+    h ^= h >> 16
+    h = (h * 0x7FEB352D) & 0xFFFFFFFF
+    h ^= h >> 15
+    h = (h * 0x846CA68B) & 0xFFFFFFFF
     return (h ^ (h >> 16)).astype(np.uint32)
 
   index = (np.arange(6 * 5, dtype=np.uint64) + 12345).astype(np.uint32)
@@ -229,8 +230,8 @@ _SHARDED = textwrap.dedent("""
       for axis_type in (AxisType.Auto, AxisType.Explicit):
         mesh = jax.make_mesh((4,), ("x",), axis_types=(axis_type,))
         with jax.set_mesh(mesh):
-          sharded_tree = {k: jax.device_put(v, NamedSharding(mesh, specs[k])) for k, v in tree.items()}
-          sharded = jax.jit(lambda k, t: noise.standard_normal_like(k, t, generator))(key, sharded_tree)
+          placed = {k: jax.device_put(v, NamedSharding(mesh, specs[k])) for k, v in tree.items()}
+          sharded = jax.jit(lambda k, t: noise.standard_normal_like(k, t, generator))(key, placed)
         for k in tree:
           assert len(sharded[k].sharding.device_set) == 4, (generator, axis_type, k)
           np.testing.assert_array_equal(np.asarray(sharded[k]), np.asarray(whole[k]))

@@ -84,8 +84,8 @@ def entropy_sgd(
     key: an int seed or a JAX PRNG key for the Langevin noise.
     inner: optional transform applied to every Langevin gradient (see
       :func:`local_entropy`).
-    noise_generator: ``"hash"`` (default, fast), ``"hash_erfinv"`` or
-      ``"threefry"``; see :func:`local_entropy`.
+    noise_generator: ``"hash"`` (default, fast) or ``"threefry"``; see
+      :func:`local_entropy`.
     unroll: fused mode's scan unroll; ``True`` for convolutional nets on
       CPU. See :func:`local_entropy`.
 
@@ -180,8 +180,7 @@ def entropy_adam(
     scale_by_gamma: use gamma (x - mu) as the outer gradient.
     key: an int seed or a JAX PRNG key.
     inner: optional transform applied to every Langevin gradient.
-    noise_generator: ``"hash"`` (default, fast), ``"hash_erfinv"`` or
-      ``"threefry"``.
+    noise_generator: ``"hash"`` (default, fast) or ``"threefry"``.
     unroll: fused mode's scan unroll; see :func:`local_entropy`.
 
   Returns:

@@ -40,7 +40,7 @@ class LangevinHyperparams(NamedTuple):
   """(static) the Nesterov form of the momentum."""
   draw_noise: bool
   """(static) False skips the draws (noise is the constant 0)."""
-  noise_generator: str = "hash"
+  noise_generator: noise_lib.NoiseGenerator = "hash"
   """(static) the generator of the N(0, 1) draws."""
 
 

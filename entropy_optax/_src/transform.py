@@ -109,10 +109,11 @@ def local_entropy(
       chained before this one only sees the first gradient of each outer
       step. Its state is kept across outer steps.
     noise_generator: ``"hash"`` (default), a counter-based generator fused
-      into the update with a 2^16-cell normal-quantile table;
-      ``"hash_erfinv"``, the same bits through a 2^23-cell quantile (Giles'
-      erfinv); or ``"threefry"``, ``jax.random.normal``. All are N(0, 1)
-      draws, reproducible from the key and independent of sharding; they
+      into the update: one round of a 32-bit hash of the element's index and
+      the step's key, three uniform fields of its bits summed and mapped to
+      N(0, 1) by a polynomial (no table, |z| <= 4.52); or ``"threefry"``,
+      ``jax.random.normal`` (several times dearer). Both are reproducible
+      from the key and independent of the machine and the sharding; they
       draw different numbers.
     unroll: fused mode's inner loop: ``False`` (default) keeps it a
       ``lax.scan`` loop, ``True`` unrolls it (no loop at all), an int n takes
