@@ -283,12 +283,15 @@ def make_optimizer(task: str, name: str, steps_per_epoch: int, epochs: int, seed
       inner_momentum=0.9, nesterov=True, weight_decay=wd_inner, key=seed)
 
 
-def _sam_step(loss_fn: Callable[..., Any], tx: Any) -> Callable[..., tuple[Any, ...]]:
+def _sam_step(loss_fn: Callable[..., Any], tx: Any,
+              unroll: bool = False) -> Callable[..., tuple[Any, ...]]:
   """make_train_step's contract for SAM: two gradients per minibatch.
 
   The ascent gradient and the descent gradient use the same minibatch and
   dropout key (Foret et al.); only the first pass updates the BatchNorm
-  running statistics.
+  running statistics. ``unroll``: no loop over two or more minibatches (XLA's
+  CPU backend runs convolution gradients inside a loop far slower; JAX lowers
+  a scan of length 1 to a loop even so).
   """
   value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -306,7 +309,7 @@ def _sam_step(loss_fn: Callable[..., Any], tx: Any) -> Callable[..., tuple[Any, 
 
     init = (params, opt_state, model_state, jnp.zeros((), jnp.float32))
     (params, opt_state, model_state, loss_sum), _ = jax.lax.scan(
-        body, init, (batches, jax.random.split(key, steps)))
+        body, init, (batches, jax.random.split(key, steps)), unroll=unroll)
     return params, opt_state, {"loss": loss_sum / steps}, model_state
 
   return step

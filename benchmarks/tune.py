@@ -9,8 +9,10 @@ The protocol (``PROTOCOL`` below states it in full; the report repeats it):
    never read before the final phase.
 2. **The same number of configurations per optimizer** (``--configs N``):
    configuration 0 is the optimizer's published setting (``reproduce.py``'s
-   recipe), configurations 1..N-1 a seeded Latin-hypercube draw over its
-   main knobs (``SPACES``). Every configuration trains for the same budget
+   recipe), configurations 1..N-1 a seeded Latin hypercube over its main
+   knobs' log-ranges (``SPACES``): each knob's range cut into N strata, the
+   published value's stratum left to it, the other strata's centres matched
+   by a seeded permutation. Every configuration trains for the same budget
    in effective epochs (gradient evaluations / minibatches per pass; SAM pays
    two per step, Entropy-SGD L per outer step), one seed each; the lowest
    final validation error wins (ties: the lower index).
@@ -25,8 +27,15 @@ so the same command resumes; ``--time-limit`` stops between cells.
 ``<out>/tuning.md`` is rebuilt from the JSON after every cell, with a line
 per missing cell naming the command that completes it.
 
-    python benchmarks/tune.py --quick --out /tmp/q              # smoke test, generated data
-    python benchmarks/tune.py --preset cpu --time-limit 3600     # the real runs, resumable
+    python benchmarks/tune.py --quick --out /tmp/q      # smoke test on generated data
+    python benchmarks/tune.py --show-configs            # the configurations each optimizer tries
+    python benchmarks/tune.py --preset cpu --time-limit 14400   # the real CPU runs, resumable
+
+The cpu preset (mnistfc and LeNet on Fashion-MNIST, 10 effective epochs, 6
+configurations, 3 seeds) takes of the order of 3-4 hours on 2 idle cores,
+most of it in the final runs on 60,000 images; LeNet runs unrolled on CPU
+(``--unroll auto``), which costs minutes of compilation per Entropy-SGD
+program with L = 20.
 """
 
 from __future__ import annotations
@@ -36,7 +45,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import pathlib
 import platform
 import shlex
@@ -83,7 +91,7 @@ ENTROPY_SPACES: dict[str, dict[str, tuple[float, float, float]]] = {
     "bocconi": {"lr": (0.1, 0.02, 0.15), "gamma": (0.5, 0.1, 1.0)},
 }
 INNER_STEPS = (5, 20)
-QUICK_INNER_STEPS = (2,)  # one program for every quick Entropy-SGD configuration: a short smoke test
+QUICK_INNER_STEPS = (2,)  # one program for all quick Entropy-SGD configurations: a short test
 # Learning-rate decay, in fractions of the run (reproduce.py's published
 # shapes stretched to the budget): SGD and SAM x0.2 at 25% and 50%; Adam and
 # bocconi constant; Entropy-SGD (lua, pytorch) x0.1 at 1/3 (mnistfc: epoch 40
@@ -104,45 +112,66 @@ class Preset:
   seeds: int = 3
 
 
+# Search sizes are multiples of 2560 = 20 x 128: 1, 2, 5 and 20 divide the minibatches per
+# pass, so every optimizer gets exactly the same gradient evaluations. The final runs use all
+# 60,000 images (468 minibatches: Entropy-SGD with L = 20 gets 460 per pass, L = 5 465).
 PRESETS = {
-    # 2 CPU cores: the search on 10k images, the final runs on all 60k.
-    "cpu": Preset({"mnistfc": 10, "lenet": 5}, 10_000, 10_000),
-    # An accelerator: the search on all 50k non-validation images.
-    "full": Preset({"mnistfc": 40, "lenet": 40}, 0, 10_000),
+    # 2 CPU cores: the search on 10,240 images, the final runs on all 60k.
+    "cpu": Preset({"mnistfc": 10, "lenet": 10}, 10_240, 10_000),
+    # An accelerator: the search on 48,640 of the 50,000 non-validation images.
+    "full": Preset({"mnistfc": 40, "lenet": 40}, 48_640, 10_000),
     # Smoke test: tiny data and models, 2 effective epochs, 2 configurations.
     "quick": Preset({"mnistfc": 2, "lenet": 2}, 256, 128, configs=2),
 }
 
 PROTOCOL = """\
-**Protocol.** (1) Hyperparameters are chosen on a validation set carved from the training
-data: the last {val} training images; the search trains on {search}. The test set is not read
-until the final phase. (2) Every optimizer gets the same number of configurations, **{n}**:
+**Protocol.** (1) Hyperparameters are chosen on a validation set carved from the training data:
+the last {val} training images; the search trains on {search}. The test set is not read until
+the final phase. (2) Every optimizer gets the same number of configurations, **{n}**:
 configuration 0 is its published setting (`reproduce.py`'s recipe), configurations 1..{last} a
-seeded Latin-hypercube draw (search seed {search_seed}) over its main knobs, log-uniform in the
-ranges below; Entropy-SGD also draws its recipe (lua, pytorch, bocconi) and L ({ls}) in equal
-shares. Each search run trains one seed (seed {run_seed}, the same for every configuration) for
-the task's budget in effective epochs = gradient evaluations / (training images / batch): SGD
-and Adam take 1 gradient per step, SAM 2, Entropy-SGD L per outer step, so every run of a task
-spends the same gradient evaluations. The lowest final validation error picks the configuration
-(ties: the lower index). (3) Each optimizer's chosen configuration then trains {seeds} seeds
-(1..{seeds}) on {final} for the same budget, and is scored once on the test set (error % at the
-end of the run, at the anchor for Entropy-SGD, BatchNorm statistics recomputed over training
-images with dropout off). (4) Verdict for each pair: Welch's t-test on the seeds' final test
-errors, two-sided at 5%: **win/loss when p < 0.05, else tie**. With 3 seeds only large gaps
-count. Search ranges: SGD-Nesterov lr {sgd}; Adam lr {adam}; SAM lr {sam_lr}, rho {sam_rho};
-Entropy-SGD lr / gamma: lua {lua}, pytorch {pytorch}, bocconi {bocconi} (gamma_final = 10
-gamma0). Schedules: SGD and SAM x0.2 at 25% and 50% of the run, Adam constant, Entropy-SGD
-lua/pytorch x0.1 at {drop}, bocconi constant with gamma grown over the run.
+Latin hypercube over its main knobs (search seed {search_seed}): each knob's log-range below is
+cut into {n} equal strata, the published value's stratum is left to it, and the centres of the
+other strata are matched across knobs by a seeded permutation. Entropy-SGD also draws its recipe
+(lua, pytorch, bocconi; the unit coordinates map into the recipe's own ranges) and L ({ls}) in
+equal shares. Each search run trains one seed (seed {run_seed}, the same for every
+configuration) for the task's budget in effective epochs = gradient evaluations / (training
+images / batch): SGD and Adam take 1 gradient per step, SAM 2, Entropy-SGD L per outer step, so
+every run of a task spends the same gradient evaluations (Entropy-SGD fewer by the remainder
+when L does not divide the minibatches per pass: the tables give the counts). The lowest final
+validation error picks the configuration (ties: the lower index). (3) Each optimizer's chosen
+configuration then trains {seeds} seeds (1..{seeds}) on {final} for the same budget, and is
+scored once on the test set (error % at the end of the run, at the anchor for Entropy-SGD,
+BatchNorm statistics recomputed over training images with dropout off). (4) Verdict for each
+pair: Welch's t-test on the seeds' final test errors, two-sided at 5%: **win/loss when p < 0.05,
+else tie**. With 3 seeds only large gaps count. Search ranges: SGD-Nesterov lr {sgd}; Adam lr
+{adam}; SAM lr {sam_lr}, rho {sam_rho}; Entropy-SGD lr / gamma: lua {lua}, pytorch {pytorch},
+bocconi {bocconi} (gamma_final = 10 gamma0). Schedules: SGD and SAM x0.2 at 25% and 50% of the
+run, Adam constant, Entropy-SGD lua/pytorch x0.1 at {drop}, bocconi constant with gamma grown
+over the run.
 """
 
 
 # --------------------------------------------------------------------------- configurations
 
 
-def _latin(rng: np.random.Generator, count: int, dims: int) -> np.ndarray:
-  """``count`` points in [0, 1)^dims, one per stratum of 1/count in every dimension."""
-  strata = np.stack([rng.permutation(count) for _ in range(dims)], axis=1)
-  return (strata + rng.random((count, dims))) / count
+def _strata(rng: np.random.Generator, count: int, published: Sequence[float]) -> np.ndarray:
+  """The draws' unit coordinates: ``count - 1`` points in [0, 1]^dims, a Latin hypercube.
+
+  Each dimension is cut into ``count`` equal strata; the published value's
+  stratum (``published``: its unit coordinate) is left to it, and the other
+  ``count - 1`` strata's centres are matched across dimensions by a seeded
+  permutation, so that every draw differs from the published setting and from
+  the other draws in every knob.
+  """
+  columns = []
+  for u in published:
+    own = min(count - 1, max(0, int(u * count)))
+    columns.append(rng.permutation([k for k in range(count) if k != own]))
+  return (np.stack(columns, axis=1).reshape(count - 1, len(published)) + 0.5) / count
+
+
+def _unit(value: float, low: float, high: float) -> float:
+  return math.log(value / low) / math.log(high / low)
 
 
 def _log(u: float, low: float, high: float) -> float:
@@ -157,9 +186,10 @@ def search_configs(optimizer: str, count: int, *, search_seed: int = 0,
                    inner_steps: Sequence[int] = INNER_STEPS) -> list[dict[str, Any]]:
   """The ``count`` configurations tried for ``optimizer``; the same for every task.
 
-  Configuration 0 is the published setting; the rest a Latin-hypercube draw
-  from ``SPACES`` (``ENTROPY_SPACES`` for Entropy-SGD, with the recipe and L
-  drawn in equal shares), seeded by ``(search_seed, optimizer)``.
+  Configuration 0 is the published setting; the rest a Latin hypercube over
+  the log-ranges of ``SPACES`` (``ENTROPY_SPACES`` for Entropy-SGD: the unit
+  coordinates map into the drawn recipe's ranges, the recipe and L drawn in
+  equal shares), seeded by ``(search_seed, optimizer)`` (see ``_strata``).
 
   Examples:
     >>> [len(search_configs(o, 6)) for o in ("sgd", "adam", "sam", "entropy")]
@@ -174,14 +204,16 @@ def search_configs(optimizer: str, count: int, *, search_seed: int = 0,
   if optimizer != "entropy":
     space = SPACES[optimizer]
     configs = [{k: v[0] for k, v in space.items()}]
-    for u in _latin(rng, draws, len(space)):
-      configs.append({k: _log(ui, lo, hi) for ui, (k, (_, lo, hi)) in zip(u, space.items())})
+    for u in _strata(rng, count, [_unit(*v) for v in space.values()]):
+      configs.append({k: _log(ui, lo, hi)
+                      for ui, (k, (_, lo, hi)) in zip(u, space.items(), strict=True)})
     return configs
   configs = [{"recipe": "lua", "L": max(inner_steps), "lr": ENTROPY_SPACES["lua"]["lr"][0],
               "gamma": ENTROPY_SPACES["lua"]["gamma"][0]}]
   recipe_draws = _balanced(rng, draws, RECIPES)
   l_draws = _balanced(rng, draws, sorted(inner_steps))
-  for u, recipe, inner in zip(_latin(rng, draws, 2), recipe_draws, l_draws):
+  units = _strata(rng, count, [_unit(*ENTROPY_SPACES["lua"][k]) for k in ("lr", "gamma")])
+  for u, recipe, inner in zip(units, recipe_draws, l_draws, strict=True):
     space = ENTROPY_SPACES[recipe]
     configs.append({"recipe": recipe, "L": int(inner), "lr": _log(u[0], *space["lr"][1:]),
                     "gamma": _log(u[1], *space["gamma"][1:])})
@@ -221,7 +253,8 @@ def make_tx(task: str, optimizer: str, config: dict[str, Any], steps: int, seed:
   if optimizer == "adam":
     return optax.adam(scaled(config["lr"], optax.constant_schedule(1.0)))
   if optimizer == "sam":
-    adv = optax.chain(optax.contrib.normalize(), optax.sgd(scaled(config["rho"], optax.constant_schedule(1.0))))
+    rho = scaled(config["rho"], optax.constant_schedule(1.0))
+    adv = optax.chain(optax.contrib.normalize(), optax.sgd(rho))
     return optax.contrib.sam(sgd(config["lr"]), adv, opaque_mode=True)
   common = dict(inner_steps=config["L"], key=seed, unroll=unroll)
   if config["recipe"] == "bocconi":
@@ -261,20 +294,23 @@ def split_data(dataset: data_lib.Dataset, settings: dict[str, Any]) -> dict[str,
   pool = n - val
   search = settings["search_train_size"] or pool
   if search > pool:
-    raise ValueError(f"--search-train-size {search} exceeds the {pool} non-validation training images")
+    raise ValueError(f"--search-train-size {search} exceeds the {pool} non-validation "
+                     "training images")
   final = settings["final_train_size"] or n
   final = min(final, n)
   return {
       "search_train": (dataset.x_train[:search], dataset.y_train[:search],
                        f"training images 0..{search - 1}"),
-      "val": (dataset.x_train[pool:], dataset.y_train[pool:], f"validation: training images {pool}..{n - 1}"),
-      "final_train": (dataset.x_train[:final], dataset.y_train[:final], f"training images 0..{final - 1}"),
+      "val": (dataset.x_train[pool:], dataset.y_train[pool:],
+              f"validation: training images {pool}..{n - 1}"),
+      "final_train": (dataset.x_train[:final], dataset.y_train[:final],
+                      f"training images 0..{final - 1}"),
       "test": (dataset.x_test, dataset.y_test, f"test images 0..{len(dataset.y_test) - 1}"),
   }
 
 
 def load_data(args: argparse.Namespace) -> Optional[data_lib.Dataset]:
-  """Fashion-MNIST (or ``--dataset mnist``) from ``--data-dir`` or Debian's folder; None when absent.
+  """Fashion-MNIST (``--dataset mnist``: MNIST) from ``--data-dir`` or Debian's; None if absent.
 
   With ``--quick`` and no files, the generated dataset stands in.
   """
@@ -305,6 +341,7 @@ def _largest_divisor(n: int, at_most: int) -> int:
   return max(d for d in range(1, max(1, min(n, at_most)) + 1) if n % d == 0)
 
 
+CHUNK_GRADIENTS = 10
 TRAIN_ARRAYS = ("x", "y")
 """The arrays of reproduce.py's image tasks that training reads (``Task.gather``)."""
 _EVALUATORS: dict[int, Any] = {}
@@ -322,11 +359,13 @@ class Runner:
   configurations that share it (their numeric knobs are arguments) and all seeds.
 
   An effective epoch is ``calls`` optimizer calls of ``per_call`` minibatches
-  (``reproduce.cell_shape``). Without ``unroll`` an epoch is one jitted
-  ``lax.scan``; with it (convolutions on XLA's CPU backend, whose weight
-  gradients run several times slower inside a loop) Python drives chunks of
-  calls, each chunk unrolled (about 20 gradients), and Entropy-SGD's inner
-  loop is unrolled too.
+  (``reproduce.cell_shape``). Rolled (the default), an epoch is one jitted
+  ``lax.scan`` over the calls. Unrolled (convolutions on XLA's CPU backend,
+  whose weight gradients run several times slower inside any loop, a
+  ``lax.scan`` of length 1 included), Python drives the epoch and each jitted
+  call is one loop-free step: Entropy-SGD's outer step with its L Langevin
+  steps unrolled, or ``group`` SGD/Adam/SAM steps unrolled (about
+  ``CHUNK_GRADIENTS`` gradients; XLA's compile time grows with it).
   """
 
   def __init__(self, task: reproduce.Task, optimizer: str, structure: tuple[tuple[str, Any], ...],
@@ -337,15 +376,23 @@ class Runner:
     self.calls, self.per_call = reproduce.cell_shape(task, optimizer)
     grads_per_call = self.per_call * (2 if optimizer == "sam" else 1)
     self.gradient_evaluations = self.calls * grads_per_call * epochs
-    self.chunk = _largest_divisor(self.calls, max(1, 20 // grads_per_call)) if unroll else self.calls
+    self.group = (_largest_divisor(self.calls, max(1, CHUNK_GRADIENTS // grads_per_call))
+                  if unroll and optimizer != "entropy" else 1)
+    if (unroll and optimizer != "entropy" and self.group == 1
+        and CHUNK_GRADIENTS >= 2 * grads_per_call):
+      # JAX lowers a one-step scan to a loop: the slow path that unrolling avoids.
+      print(f"note: {self.calls} calls per epoch (prime): {optimizer} runs one step per call, "
+            "inside a loop; a training size with a divisor <= 10 avoids it", flush=True)
 
-    def run_calls(params, opt_state, model_state, idx, keys, arrays, knobs):
+    def make_step(knobs):
       tx = self.tx(knobs, 0)
       if optimizer == "sam":
-        step = reproduce._sam_step(task.loss, tx)
-      else:
-        step = entropy_optax.make_train_step(task.loss, tx, has_state=True, donate=False,
-                                             unroll=unroll)
+        return reproduce._sam_step(task.loss, tx, unroll=unroll)
+      return entropy_optax.make_train_step(task.loss, tx, has_state=True, donate=False,
+                                           unroll=unroll)
+
+    def epoch(params, opt_state, model_state, idx, keys, arrays, knobs):
+      step = make_step(knobs)
 
       def body(carry, xs):
         params, opt_state, model_state = carry
@@ -354,13 +401,20 @@ class Runner:
             params, opt_state, task.gather(arrays, i), model_state, k)
         return (params, opt_state, model_state), metrics["loss"]
 
-      carry, losses = jax.lax.scan(body, (params, opt_state, model_state), (idx, keys),
-                                   unroll=bool(unroll))
+      carry, losses = jax.lax.scan(body, (params, opt_state, model_state), (idx, keys))
       return (*carry, losses.sum())
 
+    def one_call(params, opt_state, model_state, idx, key, arrays, knobs):
+      # idx: (group * per_call, batch), one step call, no loop (a mean loss over the group).
+      params, opt_state, metrics, model_state = make_step(knobs)(
+          params, opt_state, task.gather(arrays, idx), model_state, key)
+      return params, opt_state, model_state, metrics["loss"] * self.group
+
     count, batch = self.calls * self.per_call * task.batch_size, task.batch_size
-    self._draw = jax.jit(lambda key: task.draw(key, count).reshape(self.calls, self.per_call, batch))
-    self._run = jax.jit(run_calls)
+    shape = ((self.calls // self.group, self.group * self.per_call, batch) if unroll
+             else (self.calls, self.per_call, batch))
+    self._draw = jax.jit(lambda key: task.draw(key, count).reshape(shape))
+    self._run = jax.jit(one_call if unroll else epoch)
 
   def tx(self, knobs: dict[str, Any], seed: int) -> Any:
     """The transform; the seed only sets Entropy-SGD's noise key in its state."""
@@ -381,13 +435,19 @@ class Runner:
     losses = []
     for epoch in range(self.epochs):
       k_draw, k_steps = jax.random.split(jax.random.fold_in(data_key, epoch))
-      idx, keys = self._draw(k_draw), jax.random.split(k_steps, self.calls)
-      total = 0.0
-      for lo in range(0, self.calls, self.chunk):
+      idx = self._draw(k_draw)
+      keys = jax.random.split(k_steps, len(idx))
+      if self.unroll:
+        parts = []
+        for i in range(len(idx)):
+          params, opt_state, model_state, loss = self._run(
+              params, opt_state, model_state, idx[i], keys[i], train_arrays, traced)
+          parts.append(loss)
+        total = float(sum(parts))
+      else:
         params, opt_state, model_state, loss = self._run(
-            params, opt_state, model_state, idx[lo:lo + self.chunk], keys[lo:lo + self.chunk],
-            train_arrays, traced)
-        total += float(loss)
+            params, opt_state, model_state, idx, keys, train_arrays, traced)
+        total = float(loss)
       losses.append(total / self.calls)
     metric = float(_evaluate(task)(params, model_state, task.arrays))
     return {"metric": metric, "train_loss": losses, "seconds": round(time.time() - start, 1)}
@@ -433,8 +493,10 @@ def _strip(argv: Sequence[str], flags: Sequence[str]) -> list[str]:
 
 
 def completing_command(argv: Sequence[str], task: str, optimizer: str) -> str:
-  base = _strip(argv, ("--tasks", "--optimizers", "--time-limit", "--report-only", "--show-configs"))
-  return "python benchmarks/tune.py " + shlex.join(base + ["--tasks", task, "--optimizers", optimizer])
+  base = _strip(argv, ("--tasks", "--optimizers", "--time-limit", "--report-only",
+                      "--show-configs"))
+  base += ["--tasks", task, "--optimizers", optimizer]
+  return "python benchmarks/tune.py " + shlex.join(base)
 
 
 def cpu_model() -> str:
@@ -497,7 +559,8 @@ def protocol_text(settings: dict[str, Any], task: str) -> str:
            else "the full training set (validation images included)")
   return PROTOCOL.format(
       val=s["val_size"], search=search, n=s["configs"], last=s["configs"] - 1,
-      search_seed=s["search_seed"], ls=" or ".join(map(str, s["inner_steps"])), run_seed=SEARCH_SEED,
+      search_seed=s["search_seed"], ls=" or ".join(map(str, s["inner_steps"])),
+      run_seed=SEARCH_SEED,
       seeds=s["seeds"], final=final, sgd=rng(SPACES["sgd"]["lr"]), adam=rng(SPACES["adam"]["lr"]),
       sam_lr=rng(SPACES["sam"]["lr"]), sam_rho=rng(SPACES["sam"]["rho"]),
       **{r: f"{rng(ENTROPY_SPACES[r]['lr'])} / {rng(ENTROPY_SPACES[r]['gamma'])}" for r in RECIPES},
@@ -518,11 +581,13 @@ def write_report(out: pathlib.Path, db: dict[str, Any]) -> str:
     n, seeds = s["configs"], s["seeds"]
     cells = {k: v for k, v in db["cells"].items() if k.startswith(group + "/")}
     lines += [f"## {task}: {group.split('/', 1)[1]}", "", protocol_text(s, task),
-              f"Data: {meta.get('data', '?')}; {s['effective_epochs'][task]} effective epochs per run, "
+              f"Data: {meta.get('data', '?')}; {s['effective_epochs'][task]} effective epochs "
+              f"per run, "
               f"batch {meta.get('batch_size', '?')}.", ""]
     # Search table.
     lines += ["### Search (validation error %, one seed per configuration)", "",
-              "| optimizer | # | configuration | val error % | final train loss | gradients | wall s |",
+              "| optimizer | # | configuration | val error % | final train loss | gradients "
+              "| wall s |",
               "|---|---|---|---|---|---|---|"]
     missing = []
     counts = {}
@@ -537,13 +602,17 @@ def write_report(out: pathlib.Path, db: dict[str, Any]) -> str:
         counts[opt] += 1
         mark = " **(chosen)**" if i == best else ""
         lines.append(f"| {LABELS[opt]} | {i}{mark} | {describe(c['config'])} | {c['metric']:.2f} "
-                     f"| {c['train_loss'][-1]:.4f} | {c['gradient_evaluations']} | {c['seconds']:.0f} |")
+                     f"| {c['train_loss'][-1]:.4f} | {c['gradient_evaluations']} "
+                     f"| {c['seconds']:.0f} |")
     lines += ["", "Configurations finished per optimizer: " +
               ", ".join(f"{LABELS[o]} {counts[o]}/{n}" for o in OPTIMIZERS) + ".", ""]
     # Final table.
-    lines += ["### Final (test error %, chosen configuration, full training set)", "",
-              "| optimizer | configuration | seeds | test error % (mean ± std) | per seed | wall s |",
-              "|---|---|---|---|---|---|"]
+    final_set = (f"first {s['final_train_size']} training images" if s["final_train_size"]
+                 else "full training set")
+    lines += [f"### Final (test error %, chosen configuration, {final_set})", "",
+              "| optimizer | configuration | seeds | test error % (mean ± std) | per seed "
+              "| gradients | wall s |",
+              "|---|---|---|---|---|---|---|"]
     finals = {}
     for opt in OPTIMIZERS:
       best = chosen(db, group, opt, n)
@@ -561,15 +630,20 @@ def write_report(out: pathlib.Path, db: dict[str, Any]) -> str:
       lines.append(f"| {LABELS[opt]} | #{recs[0]['config_index']}: {describe(recs[0]['config'])} "
                    f"| {len(recs)} | {_mean_std(finals[opt])} "
                    f"| {', '.join(f'{m:.2f}' for m in finals[opt])} "
+                   f"| {recs[0]['gradient_evaluations']} "
                    f"| {sum(c['seconds'] for c in recs):.0f} |")
+    if not finals:
+      lines.append("| (none yet) | | | | | | |")
     pairs = [(a, b) for i, a in enumerate(OPTIMIZERS) for b in OPTIMIZERS[i + 1:]
              if a in finals and b in finals]
     if pairs:
       lines += ["", "### Verdicts (Welch's t-test on final test error, two-sided, 5%)", "",
-                "| pair | difference (pp) | t | p | verdict (first vs second) |", "|---|---|---|---|---|"]
+                "| pair | difference (pp) | t | p | verdict (first vs second) |",
+                "|---|---|---|---|---|"]
       for a, b in pairs:
         t, p = welch(finals[a], finals[b])
-        lines.append(f"| {LABELS[a]} vs {LABELS[b]} | {np.mean(finals[a]) - np.mean(finals[b]):+.2f} "
+        diff = np.mean(finals[a]) - np.mean(finals[b])
+        lines.append(f"| {LABELS[a]} vs {LABELS[b]} | {diff:+.2f} "
                      f"| {t:.2f} | {p:.3f} | **{verdict(finals[a], finals[b])}** |")
     # Missing cells.
     lines += ["", "### Missing cells", ""]
@@ -585,7 +659,8 @@ def write_report(out: pathlib.Path, db: dict[str, Any]) -> str:
               f"run on: {'; '.join(devices) or '-'}.", ""]
   sessions = db.get("sessions", [])
   if sessions:
-    lines += ["## Sessions", "", "| command | machine | jax | wall s | cells run |", "|---|---|---|---|---|"]
+    lines += ["## Sessions", "", "| command | machine | jax | wall s | cells run |",
+              "|---|---|---|---|---|"]
     for m in sessions:
       lines.append(f"| `{m['command']}` | {m['machine']} | {m['jax']} | {m['wall_seconds']:.0f} "
                    f"| {m['cells_run']} |")
@@ -608,14 +683,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                       help="--preset quick, shrunk models, batch 16, L = 2; generated data "
                       "unless --data-dir has IDX files")
   parser.add_argument("--tasks", default=",".join(TASKS), help=f"from {','.join(TASKS)}")
-  parser.add_argument("--optimizers", default=",".join(OPTIMIZERS), help=f"from {','.join(OPTIMIZERS)}")
+  parser.add_argument("--optimizers", default=",".join(OPTIMIZERS),
+                      help=f"from {','.join(OPTIMIZERS)}")
   parser.add_argument("--effective-epochs", type=int, default=None,
                       help="budget of every run, all tasks (preset's per task otherwise)")
   parser.add_argument("--configs", type=int, default=None, help="configurations per optimizer")
   parser.add_argument("--seeds", type=int, default=None, help="final seeds per optimizer")
   parser.add_argument("--search-train-size", type=int, default=None,
                       help="training images of the search, 0: all non-validation ones")
-  parser.add_argument("--val-size", type=int, default=None, help="validation images (the training set's last)")
+  parser.add_argument("--val-size", type=int, default=None,
+                      help="validation images (the training set's last)")
   parser.add_argument("--final-train-size", type=int, default=None,
                       help="training images of the final runs, 0: all (validation included)")
   parser.add_argument("--search-seed", type=int, default=0, help="seed of the configurations' draw")
@@ -627,14 +704,17 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   parser.add_argument("--time-limit", type=float, default=None,
                       help="seconds; no cell starts after it (a running one finishes)")
   parser.add_argument("--out", default=str(HERE / "results"), help="output folder")
-  parser.add_argument("--report-only", action="store_true", help="rebuild tuning.md from tuning.json")
-  parser.add_argument("--show-configs", action="store_true", help="print the configurations and exit")
+  parser.add_argument("--report-only", action="store_true",
+                      help="rebuild tuning.md from tuning.json")
+  parser.add_argument("--show-configs", action="store_true",
+                      help="print the configurations and exit")
   args = parser.parse_args(argv)
   if args.quick:
     args.preset = "quick"
   args.tasks = [t for t in args.tasks.split(",") if t]
   args.optimizers = [o for o in args.optimizers.split(",") if o]
-  for given, known, flag in ((args.tasks, TASKS, "--tasks"), (args.optimizers, OPTIMIZERS, "--optimizers")):
+  for given, known, flag in ((args.tasks, TASKS, "--tasks"),
+                             (args.optimizers, OPTIMIZERS, "--optimizers")):
     unknown = sorted(set(given) - set(known))
     if unknown:
       parser.error(f"{flag} takes names from {','.join(known)}, got {','.join(unknown)}")
@@ -695,21 +775,27 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     for name in args.tasks:
       group = group_tag(name, settings)
       meta = db["groups"].setdefault(group, {"task": name, "settings": settings, "argv": argv})
-      meta["settings"] = dict(meta["settings"], seeds=max(meta["settings"]["seeds"], settings["seeds"]))
+      seeds = max(meta["settings"]["seeds"], settings["seeds"])
+      meta["settings"] = dict(meta["settings"], seeds=seeds)
       save()
       n, epochs = settings["configs"], settings["effective_epochs"][name]
-      configs = {o: search_configs(o, n, search_seed=args.search_seed, inner_steps=settings["inner_steps"])
-                 for o in OPTIMIZERS}
+      configs = {o: search_configs(o, n, search_seed=args.search_seed,
+                                   inner_steps=settings["inner_steps"]) for o in OPTIMIZERS}
       search_todo = [(i, o) for i in range(n) for o in args.optimizers
                      if cell_key(group, "search", o, i) not in db["cells"]]
-      final_todo = lambda: [(s, o) for s in range(1, settings["seeds"] + 1) for o in args.optimizers
-                            if cell_key(group, "final", o, s) not in db["cells"]]
+      final_todo = lambda group=group: [
+          (s, o) for s in range(1, settings["seeds"] + 1) for o in args.optimizers
+          if cell_key(group, "final", o, s) not in db["cells"]]
       if not search_todo and not final_todo():
         continue
       if dataset is None:
         dataset = load_data(args)
         if dataset is None:
           break
+      data_id = fingerprint(dataset.x_train[:1000], dataset.y_train)
+      if meta.setdefault("data_fingerprint", data_id) != data_id:
+        raise SystemExit(f"{out / 'tuning.json'} holds {group} on other data ({meta.get('data')}); "
+                         "use another --out for this data")
       sets = split_data(dataset, settings)
       unroll = args.unroll == "yes" or (args.unroll == "auto" and name == "lenet"
                                         and jax.default_backend() == "cpu")

@@ -60,7 +60,8 @@ def test_quick_protocol_resumes_keeps_validation_apart_and_states_the_protocol(t
           "--final-train-size", "256"]
   db = tune.main(args)
   cells = db["cells"]
-  by = lambda phase, opt: [c for c in cells.values() if c["phase"] == phase and c["optimizer"] == opt]
+  by = lambda phase, opt: [c for c in cells.values()
+                           if c["phase"] == phase and c["optimizer"] == opt]
   assert {len(by("search", o)) for o in tune.OPTIMIZERS} == {2}
   assert {len(by("final", o)) for o in tune.OPTIMIZERS} == {3}
   # Equal budgets: the same gradient evaluations for every optimizer within a phase.
