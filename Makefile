@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# Two pytest workers, each test file on one (its module fixtures computed once); PYTEST_WORKERS= runs serially.
+PYTEST_WORKERS ?= -n 2 --dist loadfile
 
 .PHONY: install test test-fast lint dist-check docs docs-doctest demo clean
 
@@ -14,10 +16,10 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 test: install lint dist-check docs docs-doctest
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_WORKERS)
 
 test-fast: install
-	$(PY) -m pytest -m 'not slow'
+	$(PY) -m pytest $(PYTEST_WORKERS) -m 'not slow'
 
 # ruff (lint and import order) and mypy on the package; both configured in pyproject.toml.
 lint: install
