@@ -111,7 +111,7 @@ def local_entropy(
     noise_generator: ``"hash"`` (default), a counter-based generator fused
       into the update: one round of a 32-bit hash of the element's index and
       the step's key, three uniform fields of its bits summed and mapped to
-      N(0, 1) by a polynomial (no table, |z| <= 4.52); or ``"threefry"``,
+      N(0, 1) by a polynomial (no table, ``|z| <= 4.52``); or ``"threefry"``,
       ``jax.random.normal`` (several times dearer). Both are reproducible
       from the key and independent of the machine and the sharding; they
       draw different numbers.
