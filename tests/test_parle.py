@@ -1,5 +1,6 @@
 """parle: replicated Entropy-SGD coupled to a reference, on one device (vmap)."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -58,8 +59,7 @@ def _run_parle_fused(tx, params, batches, loss=harness.mlp_loss):
 
 def _assert_trees_equal(a, b):
   """Bit for bit: only for values one program carries through unchanged."""
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  chex.assert_trees_all_equal(a, b)
 
 
 # Parle runs entropy_sgd's arithmetic under vmap, in another XLA program than

@@ -47,10 +47,19 @@ def test_ab_versions_compares_a_commit_with_the_checkout(capsys):
 
   ab_versions.main(["--ref", "HEAD", "--inner-steps", "2", "--repeats", "1"])
   lines = capsys.readouterr().out.splitlines()
-  names = [line.split("  ")[1].strip() for line in lines[1:]]
+  candidates = [line for line in lines[1:] if "x SGD per gradient" in line]
+  diffs = [line.strip() for line in lines[1:] if line.strip().startswith("program diff")]
+  names = [line.split("  ")[1].strip() for line in candidates]
   assert lines[0] == "mnistfc, L = 2, 1 repetitions:"
   assert names == ["sgd", "ref HEAD", "new", "ref HEAD noise 0", "new noise 0"]
-  assert all("x SGD per gradient" in line and "temporaries" in line for line in lines[1:])
+  assert all("temporaries" in line and "program " in line for line in candidates)
+  assert [d.split(":")[0] for d in diffs] == [
+      "program diff, ref vs new", "program diff, ref vs new noise 0"]
+  package_changed = subprocess.run(
+      ["git", "-C", str(BENCHMARKS.parent), "diff", "--quiet", "HEAD", "--", "entropy_optax"],
+      capture_output=True).returncode
+  if not package_changed:  # the same code compiles to the same program
+    assert all(d.endswith(": 0 lines") for d in diffs), diffs
 
 
 def test_conv_in_loop_reports_every_program(tmp_path):
