@@ -1,6 +1,6 @@
 """Reproduce the paper's experiments: SGD, Adam, SAM and Entropy-SGD at equal gradient evaluations.
 
-Tasks (the paper's architectures and recipes, /work/shared/ALGORITHM.md):
+Tasks (the paper's architectures and recipes, docs/algorithm.md and docs/hyperparameters.md):
 mnistfc and LeNet on Fashion-MNIST (or MNIST: --data-dir with its IDX files),
 a 2x128 char-LSTM on any UTF-8 text (the King James Bible here: --text, or
 --make-kjv to write it with Debian's ``bible``) in bits per character, and
@@ -54,7 +54,7 @@ TASKS = ("mnistfc", "lenet", "charlstm", "allcnn")
 OPTIMIZERS = ("sgd", "adam", "sam", "entropy")
 LABELS = {"sgd": "SGD-Nesterov", "adam": "Adam", "sam": "SAM", "entropy": "Entropy-SGD"}
 
-# Paper numbers (v5, Table 1 of ALGORITHM.md): (value, std, effective epochs).
+# Paper numbers (arXiv v5, the headline table): (value, std, effective epochs).
 PAPER = {
     "mnistfc": {"entropy": (1.37, 0.03, 120), "adam": (1.39, 0.03, 66)},
     "lenet": {"entropy": (0.50, 0.01, 80), "adam": (0.51, 0.01, 100)},

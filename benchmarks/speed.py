@@ -6,7 +6,7 @@ against optax SGD-Nesterov taking the same L steps inside one jitted
 (conv20-conv50-fc500), batch 128. Candidates run alternately (A B A B ...);
 each repetition gives a ratio to SGD, and the report gives their median.
 A PyTorch implementation of the authors' optimizer (written from
-ALGORITHM.md; it spends L+1 gradient evaluations per outer step, as their code
+docs/algorithm.md; it spends L+1 gradient evaluations per outer step, as their code
 does) runs on the same model when torch is installed (``pip install -e
 '.[bench]'``), and is compared per counted gradient evaluation.
 
@@ -156,7 +156,7 @@ def entropy_candidate(loss, inner_steps, module=entropy_optax, **kwargs):
 
 
 def torch_candidate(model_name: str, inner_steps: int, batches_np: dict[str, np.ndarray]):
-  """The authors' optimizer in PyTorch, per ALGORITHM.md (L+1 evaluations per step)."""
+  """The authors' optimizer in PyTorch, per docs/algorithm.md (L+1 evaluations per step)."""
   import torch
   from torch import nn
 

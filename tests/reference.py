@@ -1,4 +1,4 @@
-"""An independent float64 NumPy statement of ALGORITHM.md's pseudo-code.
+"""An independent float64 NumPy statement of the algorithm (docs/algorithm.md).
 
 It shares no code with entropy_optax: the tests compare the package against
 it. The model is a small tanh MLP with a squared loss and hand-written
@@ -58,7 +58,7 @@ def entropy_sgd_reference(
     outer_momentum: float = 0.0,
     scale_by_gamma: bool = False,
 ):
-  """Runs ALGORITHM.md's outer steps, one fresh minibatch per inner step."""
+  """Runs the outer steps of docs/algorithm.md, one fresh minibatch per inner step."""
   x = {k: np.array(v, np.float64) for k, v in params.items()}
   velocity = {k: np.zeros_like(v) for k, v in x.items()}
   b = 0

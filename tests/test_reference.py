@@ -1,4 +1,4 @@
-"""Both modes reproduce ALGORITHM.md's pseudo-code, restated in NumPy."""
+"""Both modes reproduce the algorithm of docs/algorithm.md, restated in NumPy."""
 
 import jax
 import jax.numpy as jnp
