@@ -65,6 +65,8 @@ import numpy as np
 import optax
 import scipy.special
 
+from entropy_optax._src import noise as noise_lib
+
 BATCH = 128
 SGD_STEPS = 10
 NOISE_SCALE = 1e-4 * np.sqrt(2 * 0.1)  # the paper's noise times sqrt(2 eta'), as speed.py
@@ -94,13 +96,8 @@ def mnistfc_loss(params, batch):
 # ----------------------------------------------------------------------------- bits
 
 
-def _mix32(h: jax.Array) -> jax.Array:
-  """lowbias32 (xorshift-multiply, two multiplies): a bijection of uint32."""
-  h = h ^ (h >> 16)
-  h = h * jnp.uint32(0x7FEB352D)
-  h = h ^ (h >> 15)
-  h = h * jnp.uint32(0x846CA68B)
-  return h ^ (h >> 16)
+# lowbias32, the package's own hash: every candidate hashes with it.
+_mix32 = noise_lib._mix32
 
 
 def _index(offset: jax.Array, shape: tuple[int, ...]) -> jax.Array:
