@@ -4,7 +4,10 @@ Times one fused outer step (L gradient evaluations, one jitted ``tx.update``)
 against optax SGD-Nesterov taking the same L steps inside one jitted
 ``lax.scan``, on the paper's mnistfc MLP (784-1024-1024-10) and LeNet
 (conv20-conv50-fc500), batch 128. Candidates run alternately (A B A B ...);
-each repetition gives a ratio to SGD, and the report gives their median.
+each repetition times ``--calls`` consecutive calls of each and gives a ratio
+to SGD, and the report gives their median. The user's path is timed too:
+``entropy_optax.make_train_step`` (params and state donated, the returned ones
+fed back) with ``entropy_sgd`` against the same with ``optax.sgd``.
 A PyTorch implementation of the authors' optimizer (written from
 docs/algorithm.md; it spends L+1 gradient evaluations per outer step, as their code
 does) runs on the same model when torch is installed (``pip install -e
@@ -152,6 +155,22 @@ def entropy_candidate(loss, inner_steps, module=entropy_optax, **kwargs):
   return tx, run
 
 
+def train_step_candidates(loss, inner_steps) -> dict[str, tuple[Any, Callable]]:
+  """The user's path: ``make_train_step`` (donated) with optax SGD and with Entropy-SGD.
+
+  Returns ``name -> (tx, step)``; ``step(params, opt_state, batches)`` returns
+  ``(params, opt_state, metrics)`` and consumes its first two arguments.
+  """
+  sgd = optax.sgd(0.1, momentum=MOMENTUM, nesterov=True)
+  entropy = entropy_optax.entropy_sgd(
+      1.0, inner_steps=inner_steps, gamma=0.03, langevin_lr=0.1, mu_decay=0.75,
+      inner_momentum=MOMENTUM, momentum=MOMENTUM, nesterov=True, noise=NOISE)
+  return {
+      "sgd_train_step": (sgd, entropy_optax.make_train_step(loss, sgd)),
+      "entropy_train_step": (entropy, entropy_optax.make_train_step(loss, entropy)),
+  }
+
+
 # ----------------------------------------------------------------------------- PyTorch reference
 
 
@@ -223,7 +242,17 @@ def time_call(fn: Callable[[], Any]) -> float:
   return time.perf_counter() - start
 
 
-def measure(model_name: str, inner_steps: int, repeats: int, with_torch: bool) -> dict[str, Any]:
+def time_chain(step: Callable, carry: tuple, batches: Any, calls: int) -> tuple[float, tuple]:
+  """Seconds for ``calls`` donated steps, each fed the previous one's params and state."""
+  start = time.perf_counter()
+  for _ in range(calls):
+    carry = step(*carry, batches)[:2]
+  jax.block_until_ready(carry)
+  return time.perf_counter() - start, carry
+
+
+def measure(model_name: str, inner_steps: int, repeats: int, with_torch: bool,
+            calls: int = 1) -> dict[str, Any]:
   init, apply = MODELS[model_name]
   loss = make_loss(apply)
   params = init(jax.random.key(0))
@@ -237,7 +266,7 @@ def measure(model_name: str, inner_steps: int, repeats: int, with_torch: bool) -
       "entropy_sgd_noise0": entropy_candidate(loss, inner_steps, noise=0.0),
   }
   traces = {name: 0 for name in candidates}
-  calls, memory = {}, {}
+  calls_of, memory = {}, {}
   for name, (tx, run) in candidates.items():
     def counted(p, s, b, _run=run, _name=name):
       traces[_name] += 1
@@ -245,7 +274,7 @@ def measure(model_name: str, inner_steps: int, repeats: int, with_torch: bool) -
 
     jitted = jax.jit(counted)
     state = tx.init(params)
-    calls[name] = (jitted, state)
+    calls_of[name] = (jitted, state)
     donated = jax.jit(run, donate_argnums=(0, 1)).lower(params, state, batches).compile()
     analysis = donated.memory_analysis()
     memory[name] = {
@@ -254,17 +283,29 @@ def measure(model_name: str, inner_steps: int, repeats: int, with_torch: bool) -
     }
     jax.block_until_ready(jitted(params, state, batches))  # compile and warm up
 
-  timings: dict[str, list[float]] = {name: [] for name in candidates}
+  steps = train_step_candidates(loss, inner_steps)
+  chains = {}
+  for name, (tx, step) in steps.items():
+    fresh = jax.tree.map(jnp.copy, params)  # donated: the caller's params stay valid
+    chains[name] = time_chain(step, (fresh, tx.init(fresh)), batches, 1)[1]  # compile, warm up
+
+  timings: dict[str, list[float]] = {name: [] for name in [*candidates, *steps]}
   torch_step = None
   if with_torch:
     torch_step, torch_version = torch_candidate(model_name, inner_steps, batches_np)
     torch_step()
     timings["torch_authors"] = []
+  def repeat(fn: Callable[[], Any]) -> float:
+    return sum(time_call(fn) for _ in range(calls)) / calls
+
   for _ in range(repeats):
-    for name, (jitted, state) in calls.items():
-      timings[name].append(time_call(lambda: jitted(params, state, batches)))
+    for name, (jitted, state) in calls_of.items():
+      timings[name].append(repeat(lambda f=jitted, s=state: f(params, s, batches)))
+    for name, (_, step) in steps.items():
+      seconds, chains[name] = time_chain(step, chains[name], batches, calls)
+      timings[name].append(seconds / calls)
     if torch_step is not None:
-      timings["torch_authors"].append(time_call(torch_step))
+      timings["torch_authors"].append(repeat(torch_step))
 
   param_bytes = tree_bytes(params)
   result: dict[str, Any] = {
@@ -282,9 +323,11 @@ def measure(model_name: str, inner_steps: int, repeats: int, with_torch: bool) -
           for name, m in memory.items()
       },
   }
-  sgd = timings["optax_sgd"]
+  result["calls_per_repetition"] = calls
   for name, ts in timings.items():
     evaluations = inner_steps + 1 if name == "torch_authors" else inner_steps
+    # The user's path is compared with the same path's SGD; the rest with optax SGD's scan.
+    sgd = timings["sgd_train_step" if name in steps else "optax_sgd"]
     result["ms_per_grad"][name] = round(1e3 * statistics.median(ts) / evaluations, 3)
     ratios = [t / evaluations / (s / inner_steps) for t, s in zip(ts, sgd)]
     result["ratio_to_optax_sgd"][name] = round(statistics.median(ratios), 3)
@@ -380,17 +423,20 @@ def write_markdown(path: pathlib.Path, command: str, info: dict, results: list[d
       "",
       f"Machine: {info['cpu']}, {info['cores']} cores, JAX {info['jax']} on {info['jax_backend']}.",
       "Batch 128, paper's noise 1e-4, inner and outer Nesterov momentum 0.9. Ratios are medians",
-      "over repetitions of (time per gradient evaluation) / (optax SGD-Nesterov's, same repetition).",
-      "PyTorch's time per gradient counts its L+1 evaluations per outer step.",
+      "over repetitions of (time per gradient evaluation) / (optax SGD-Nesterov's, same repetition),",
+      f"each repetition timing {results[0].get('calls_per_repetition', 1)} consecutive calls of each candidate.",
+      "PyTorch's time per gradient counts its L+1 evaluations per outer step. `make_train_step`:",
+      "the user's path (params and state donated and fed back), Entropy-SGD's against optax SGD's.",
       "",
-      "| model | L | entropy_sgd / sgd | threefry noise / sgd | noise 0 / sgd | PyTorch authors' / sgd | speedup vs PyTorch | ms per grad (sgd, entropy) | compilations |",
-      "|---|---|---|---|---|---|---|---|---|",
+      "| model | L | entropy_sgd / sgd | make_train_step, donated: entropy / sgd | threefry noise / sgd | noise 0 / sgd | PyTorch authors' / sgd | speedup vs PyTorch | ms per grad (sgd, entropy) | compilations |",
+      "|---|---|---|---|---|---|---|---|---|---|",
   ]
   for r in results:
     ratio = r["ratio_to_optax_sgd"]
     ms = r["ms_per_grad"]
     lines.append(
         f"| {r['model']} | {r['inner_steps']} | {ratio['entropy_sgd']:.3f} | "
+        f"{ratio.get('entropy_train_step', float('nan')):.3f} | "
         f"{ratio['entropy_sgd_threefry']:.3f} | {ratio['entropy_sgd_noise0']:.3f} | "
         f"{ratio.get('torch_authors', float('nan')):.3f} | "
         f"{r.get('speedup_vs_torch_per_counted_grad', float('nan')):.2f}x | "
@@ -417,8 +463,8 @@ def write_markdown(path: pathlib.Path, command: str, info: dict, results: list[d
       "step, and as a fraction of one optax SGD step with its gradient (last column's unit). `one pass`",
       "reads two params-sized arrays and writes one (p <- 0.5 p + g), the unit of memory traffic:",
       "",
-      "| model | one pass | SGD-Nesterov update | Langevin step, noise 0 | Langevin step, paper's noise | (Langevin - SGD update) / SGD step at L |",
-      "|---|---|---|---|---|---|",
+      "| model | one pass | SGD-Nesterov update | Langevin step, noise 0 | Langevin step, paper's noise | (Langevin - SGD update) / SGD step at L | noise alone / SGD step at L |",
+      "|---|---|---|---|---|---|---|",
   ]
   for r in results:
     u = r["update_ms"]
@@ -426,7 +472,8 @@ def write_markdown(path: pathlib.Path, command: str, info: dict, results: list[d
     lines.append(
         f"| {r['model']} | {u['one_pass']:.2f} | {u['sgd_update']:.2f} | "
         f"{u['langevin_noise0']:.2f} | {u['langevin']:.2f} | "
-        f"{(u['langevin'] - u['sgd_update']) / sgd_ms:.3f} (L={r['inner_steps']}) |"
+        f"{(u['langevin'] - u['sgd_update']) / sgd_ms:.3f} (L={r['inner_steps']}) | "
+        f"{(u['langevin'] - u['langevin_noise0']) / sgd_ms:.3f} (L={r['inner_steps']}) |"
     )
   path.write_text("\n".join(lines) + "\n")
 
@@ -436,6 +483,8 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--models", nargs="+", default=["mnistfc", "lenet"], choices=sorted(MODELS))
   parser.add_argument("--inner-steps", nargs="+", type=int, default=[5, 20])
   parser.add_argument("--repeats", type=int, default=7, help="A B A B repetitions (>= 5 for the report)")
+  parser.add_argument("--calls", type=int, default=4,
+                      help="consecutive calls of each candidate timed per repetition")
   parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
   parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results" / "speed"),
                       help="output path without extension (.md and .json are written)")
@@ -455,7 +504,7 @@ def main(argv: list[str] | None = None) -> None:
   for model_name in args.models:
     updates_ms = update_costs(model_name, args.repeats)
     for inner_steps in args.inner_steps:
-      result = measure(model_name, inner_steps, args.repeats, with_torch)
+      result = measure(model_name, inner_steps, args.repeats, with_torch, args.calls)
       result["update_ms"] = updates_ms
       results.append(result)
       print(json.dumps(result), flush=True)

@@ -20,14 +20,16 @@ pytestmark = pytest.mark.slow
 
 def test_speed_reports_every_candidate_compiled_once_and_its_memory(tmp_path):
   out = tmp_path / "speed"
-  speed.main(["--models", "mnistfc", "--inner-steps", "2", "--repeats", "1", "--no-torch",
-              "--out", str(out)])
+  speed.main(["--models", "mnistfc", "--inner-steps", "2", "--repeats", "1", "--calls", "2",
+              "--no-torch", "--out", str(out)])
   report = json.loads(out.with_suffix(".json").read_text())
   (result,) = report["results"]
   candidates = {"optax_sgd", "entropy_sgd", "entropy_sgd_threefry", "entropy_sgd_noise0"}
   assert set(result["compilations"]) == candidates
   assert set(result["compilations"].values()) == {1}
-  assert set(result["ratio_to_optax_sgd"]) == candidates
+  # The user's path too: make_train_step, donated, with Entropy-SGD and with optax SGD.
+  assert set(result["ratio_to_optax_sgd"]) == candidates | {"sgd_train_step", "entropy_train_step"}
+  assert result["calls_per_repetition"] == 2
   memory = result["memory_x_params"]
   # The state: anchor, mu, inner momentum and the outer trace, exactly.
   assert memory["entropy_sgd"]["optimizer_state"] == 4.0
@@ -35,6 +37,7 @@ def test_speed_reports_every_candidate_compiled_once_and_its_memory(tmp_path):
   assert set(result["update_ms"]) == {"one_pass", "sgd_update", "langevin_noise0", "langevin"}
   markdown = out.with_suffix(".md").read_text()
   assert "| mnistfc | 2 |" in markdown and "Langevin step, paper's noise" in markdown
+  assert "make_train_step, donated" in markdown and "noise alone / SGD step" in markdown
 
 
 def test_ab_versions_compares_a_commit_with_the_checkout(capsys):

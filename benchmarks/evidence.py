@@ -1,0 +1,401 @@
+"""When does Entropy-SGD help? Every measured verdict in one report.
+
+Reads the committed results of the other benchmarks and writes
+``benchmarks/results/evidence.md`` (the docs page "When does Entropy-SGD
+help?" includes it):
+
+* the reproductions (``reproduce.py``): the H100 run
+  (``results/gpu/reproduction.json``) and the CPU runs at the paper's budgets
+  (``results/paper/reproduction.json``), each Entropy-SGD recipe against
+  SGD-Nesterov, Adam and SAM at equal gradient evaluations;
+* the fair protocol (``tune.py``, ``results/tuning.json``): every optimizer
+  tuned alike on a validation split, then scored on the test set;
+* flatness at equal training loss (``flatness.py``, ``results/flatness.json``).
+
+One rule gives every verdict: Welch's t-test on the per-seed values, two-sided
+at 5%; a **win** or **loss** when p < 0.05 (lower error, loss or curvature is
+better), else a **tie**. A comparison needs at least 2 seeds a side and the
+same budget (effective epochs and training items). Nothing here is typed in:
+a cell that has not been measured is listed as missing, with the command that
+measures it.
+
+    python benchmarks/evidence.py                 # rebuild results/evidence.md
+    python benchmarks/evidence.py --out /tmp/e.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import pathlib
+import re
+import sys
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+HERE = pathlib.Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+# (heading, path under results/, short name): the reproductions, in the order they are reported.
+REPRODUCTIONS = (
+    ("On 2 CPU cores at the paper's budgets", "paper/reproduction.json", "CPU"),
+    ("On an H100", "gpu/reproduction.json", "H100"),
+)
+PAPER_OUT = "benchmarks/results/paper"
+# The paper's budgets in effective epochs (Entropy-SGD's headline numbers).
+PAPER_BUDGET = {"mnistfc": 120, "lenet": 80, "charlstm": 25}
+TASK_NAMES = {"mnistfc": "mnistfc (MLP, Fashion-MNIST)", "lenet": "LeNet (Fashion-MNIST)",
+              "charlstm": "char-LSTM (KJV text)", "allcnn": "All-CNN-BN (CIFAR-10)"}
+BASELINES = ("sgd", "adam", "sam")
+ENTROPY = ("entropy", "entropy_pytorch", "entropy_bocconi")
+LABELS = {"sgd": "SGD-Nesterov", "adam": "Adam", "sam": "SAM", "entropy": "Entropy-SGD (Lua)",
+          "entropy_pytorch": "Entropy-SGD (PyTorch)", "entropy_bocconi": "Entropy-SGD (Bocconi)"}
+IMAGE_TRAIN_ITEMS = 60_000
+ALPHA = 0.05
+RULE = ("Verdict rule: Welch's t-test on the per-seed final values, two-sided at 5%: **win** or "
+        "**loss** for Entropy-SGD when p < 0.05 (lower is better), else **tie**; only cells "
+        "complete at the same budget and training set are compared.")
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def welch_p(a: Sequence[float], b: Sequence[float]) -> float:
+  """Two-sided p-value of Welch's t-test; nan with fewer than 2 values a side.
+
+  Examples:
+    >>> round(welch_p([1.0, 1.1, 0.9], [2.0, 2.1, 1.9]), 5)
+    0.00026
+    >>> welch_p([1.0], [2.0, 3.0])
+    nan
+  """
+  x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  if len(x) < 2 or len(y) < 2:
+    return math.nan
+  vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+  diff = x.mean() - y.mean()
+  if vx + vy == 0:
+    return 1.0 if diff == 0 else 0.0
+  t = diff / math.sqrt(vx + vy)
+  df = (vx + vy) ** 2 / (vx ** 2 / (len(x) - 1) + vy ** 2 / (len(y) - 1))
+  from scipy import stats
+
+  return float(2 * stats.t.sf(abs(t), df))
+
+
+def verdict(a: Sequence[float], b: Sequence[float]) -> str:
+  """``win``, ``loss`` or ``tie`` of ``a`` against ``b`` (lower is better), by :func:`welch_p`.
+
+  ``n/a`` when either side has fewer than 2 values.
+
+  Examples:
+    >>> verdict([1.0, 1.1, 0.9], [2.0, 2.1, 1.9]), verdict([1.0, 1.2, 1.1], [1.1, 1.0, 1.2])
+    ('win', 'tie')
+  """
+  p = welch_p(a, b)
+  if math.isnan(p):
+    return "n/a"
+  if p >= ALPHA:
+    return "tie"
+  return "win" if np.mean(a) < np.mean(b) else "loss"
+
+
+def mean_std(values: Sequence[float], digits: int = 2) -> str:
+  a = np.asarray(values, np.float64)
+  std = a.std(ddof=1) if len(a) > 1 else 0.0
+  return f"{a.mean():.{digits}f} ± {std:.{digits}f}"
+
+
+# --------------------------------------------------------------------------- reproductions
+
+
+def full_items(task: str, record: dict[str, Any]) -> Optional[int]:
+  """The training items of the full training set of ``record``'s data, if known."""
+  if task in ("mnistfc", "lenet"):
+    return IMAGE_TRAIN_ITEMS
+  if task == "charlstm":
+    found = re.search(r"(\d+) characters", record.get("data", ""))
+    if found:  # reproduce.py: the first 90% of the text, windows of 50 characters
+      return (int(0.9 * int(found.group(1))) - 1) // 50
+  return None
+
+
+def cells_of(records: Sequence[dict[str, Any]]) -> dict[tuple[str, str, int, int], list[dict]]:
+  """Complete records grouped by (task, optimizer, effective epochs, training items)."""
+  cells: dict[tuple[str, str, int, int], list[dict]] = {}
+  for r in records:
+    if r.get("complete"):
+      key = (r["task"], r["optimizer"], int(r["budget_eff_epochs"]), int(r["train_items"]))
+      cells.setdefault(key, []).append(r)
+  return cells
+
+
+def load_records(path: pathlib.Path) -> list[dict[str, Any]]:
+  if not path.is_file():
+    return []
+  return list(json.loads(path.read_text()).get("runs", {}).values())
+
+
+def reproduction_section(heading: str, rel: str, short: str, records: list[dict[str, Any]],
+                         verdicts: list[dict[str, Any]]) -> list[str]:
+  """A table per (task, budget) of ``records``; appends every verdict to ``verdicts``."""
+  lines = [f"### {heading}", "", f"From `benchmarks/results/{rel}`.", ""]
+  if not records:
+    return lines + ["No runs recorded yet.", ""]
+  cells = cells_of(records)
+  order = list(TASK_NAMES)
+  groups = sorted({(t, e, n) for t, _, e, n in cells}, key=lambda g: (order.index(g[0]), g[1:]))
+  for task, epochs, items in groups:
+    present = {o: cells[(task, o, epochs, items)] for o in (*BASELINES, *ENTROPY)
+               if (task, o, epochs, items) in cells}
+    metric = next(iter(present.values()))[0]["metric_name"]
+    full = full_items(task, next(iter(present.values()))[0])
+    unit = "training windows of 50 characters" if task == "charlstm" else "training images"
+    data = "full training set" if full is not None and items >= full else f"{items} {unit}"
+    budget = PAPER_BUDGET.get(task)
+    of_paper = " (the paper's budget)" if budget == epochs else (
+        f" (the paper's: {budget})" if budget else "")
+    label = dict(LABELS, entropy="Entropy-Adam" if task == "charlstm" else LABELS["entropy"])
+    lines += [f"**{TASK_NAMES.get(task, task)}**: {epochs} effective epochs{of_paper}, {data}; "
+              f"final {metric}, mean ± std over seeds.", "",
+              "| optimizer | seeds | final | vs SGD-Nesterov | vs Adam | vs SAM |",
+              "|---|---|---|---|---|---|"]
+    for opt, recs in present.items():
+      finals = [r["metric"][-1] for r in recs]
+      row = [label[opt], str(len(recs)), mean_std(finals, 3)]
+      for base in BASELINES:
+        if opt in ENTROPY and base in present:
+          other = [r["metric"][-1] for r in present[base]]
+          v = verdict(finals, other)
+          row.append(f"**{v}** ({np.mean(finals) - np.mean(other):+.3f}, p = "
+                     f"{welch_p(finals, other):.3f})")
+          verdicts.append({"source": short, "task": task, "epochs": epochs, "data": data,
+                           "entropy": label[opt], "baseline": LABELS[base], "verdict": v})
+        else:
+          row.append("")
+      lines.append("| " + " | ".join(row) + " |")
+    lines.append("")
+  return lines
+
+
+def paper_status(sources: Sequence[list[dict[str, Any]]]) -> list[str]:
+  """Which cells of the paper's budgets on the full data are measured; how to measure the rest."""
+  lines = ["| task | optimizer | status at the paper's budget, full data "
+           "| command that completes it |", "|---|---|---|---|"]
+  for task, epochs in PAPER_BUDGET.items():
+    optimizers = (*BASELINES, "entropy") if task == "charlstm" else (*BASELINES, *ENTROPY)
+    for opt in optimizers:
+      best: tuple[int, str] = (0, "missing")
+      for records in sources:
+        recs = [r for r in records if r["task"] == task and r["optimizer"] == opt
+                and int(r["budget_eff_epochs"]) == epochs
+                and (full_items(task, r) or 0) <= int(r["train_items"])]
+        if not recs:
+          continue
+        done = sum(bool(r.get("complete")) for r in recs)
+        if done >= 3:
+          best = max(best, (3, f"complete ({done} seeds)"))
+        else:
+          reached = max(r["eff_epochs"][-1] if r["eff_epochs"] else 0 for r in recs)
+          best = max(best, (1, f"partial: {reached} of {epochs} effective epochs"))
+      text = "-" if best[0] == 3 else (
+          f"`nohup python benchmarks/reproduce.py --preset paper --tasks {task} --optimizers {opt}"
+          + (" --make-kjv .data/kjv.txt" if task == "charlstm" else "")
+          + f" --out {PAPER_OUT} >> {PAPER_OUT}/run.log 2>&1 &`")
+      label = "Entropy-Adam" if task == "charlstm" and opt == "entropy" else LABELS[opt]
+      lines.append(f"| {task} | {label} | {best[1]} | {text} |")
+  return lines
+
+
+# --------------------------------------------------------------------------- tuning
+
+
+def tuning_section(db: dict[str, Any], verdicts: list[dict[str, Any]]) -> list[str]:
+  """The fair protocol's final runs: each optimizer at its chosen configuration."""
+  lines = ["### The fair protocol", "",
+           "From `benchmarks/results/tuning.json` (`benchmarks/tune.py`; its report "
+           "`tuning.md` states the protocol, the configurations tried and the search's "
+           "validation errors).", ""]
+  groups = db.get("groups", {})
+  if not groups:
+    return lines + ["No protocol run recorded yet: `nohup python benchmarks/tune.py --preset cpu "
+                    "--time-limit 14400 > tune.log 2>&1 &` (resumes where it stopped).", ""]
+  for group, meta in groups.items():
+    if meta["settings"].get("quick"):
+      continue
+    task, settings = meta["task"], meta["settings"]
+    finals: dict[str, list[dict]] = {}
+    searched: dict[str, int] = {}
+    for key, cell in db["cells"].items():
+      if key.startswith(group + "/"):
+        if cell["phase"] == "final":
+          finals.setdefault(cell["optimizer"], []).append(cell)
+        else:
+          searched[cell["optimizer"]] = searched.get(cell["optimizer"], 0) + 1
+    n = settings["configs"]
+    lines += [f"**{TASK_NAMES.get(task, task)}**: {settings['effective_epochs'][task]} effective "
+              f"epochs per run, {n} configurations searched per optimizer, "
+              f"{settings['seeds']} final seeds; test error %.", "",
+              "| optimizer | configurations searched | chosen | final seeds | test error % "
+              "| vs SGD-Nesterov | vs Adam | vs SAM |", "|---|---|---|---|---|---|---|---|"]
+    for opt in ("sgd", "adam", "sam", "entropy"):
+      recs = finals.get(opt, [])
+      values = [c["metric"] for c in recs]
+      chosen = f"#{recs[0]['config_index']}: {describe_config(recs[0]['config'])}" if recs else "-"
+      row = [LABELS[opt] if opt != "entropy" else "Entropy-SGD (tuned recipe)",
+             f"{searched.get(opt, 0)}/{n}", chosen, str(len(recs)),
+             mean_std(values) if values else "-"]
+      for base in BASELINES:
+        other = [c["metric"] for c in finals.get(base, [])]
+        if opt == "entropy" and len(values) >= 2 and len(other) >= 2:
+          v = verdict(values, other)
+          row.append(f"**{v}** ({np.mean(values) - np.mean(other):+.2f}, p = "
+                     f"{welch_p(values, other):.3f})")
+          verdicts.append({"source": "tuned alike", "task": task,
+                           "epochs": settings["effective_epochs"][task],
+                           "data": "full training set",
+                           "entropy": "Entropy-SGD (tuned recipe)", "baseline": LABELS[base],
+                           "verdict": v})
+        else:
+          row.append("")
+      lines.append("| " + " | ".join(row) + " |")
+    missing = sum(1 for o in ("sgd", "adam", "sam", "entropy")
+                  for _ in range(n - searched.get(o, 0))) + sum(
+                      max(0, settings["seeds"] - len(finals.get(o, []))) for o in
+                      ("sgd", "adam", "sam", "entropy"))
+    if missing:
+      lines += ["", f"{missing} cells of this protocol are missing; `nohup python "
+                "benchmarks/tune.py --preset cpu --time-limit 14400 > tune.log 2>&1 &` runs them "
+                "(it resumes where it stopped; `tuning.md` names each one)."]
+    lines.append("")
+  return lines
+
+
+def describe_config(config: dict[str, Any]) -> str:
+  return ", ".join(f"{k} {v}" for k, v in config.items())
+
+
+# --------------------------------------------------------------------------- flatness
+
+
+FLATNESS_LABELS = {"sgd": "SGD-Nesterov", "lua": "Entropy-SGD (Lua)",
+                   "bocconi": "Entropy-SGD (Bocconi)"}
+
+
+def flatness_section(report: dict[str, Any], verdicts: list[dict[str, Any]]) -> list[str]:
+  """Curvature and local energy at equal training loss, each recipe against SGD."""
+  lines = ["### Flatness at equal training loss", "",
+           "From `benchmarks/results/flatness.json` (`benchmarks/flatness.py`; `flatness.md` "
+           "has the spectra and the local-energy curves).", ""]
+  runs = report.get("runs", {})
+  config = report.get("config", {})
+  if not runs or "target_loss" not in config:
+    return lines + ["No equal-loss run recorded yet: `nohup python benchmarks/flatness.py "
+                    "> flatness.log 2>&1 &`.", ""]
+  by_opt: dict[str, list[dict]] = {}
+  for run in runs.values():
+    if run.get("reached") and "trace" in run:
+      by_opt.setdefault(run["optimizer"], []).append(run)
+  sigmas = config["sigmas"]
+  sigma_i = len(sigmas) // 2
+  measures = [
+      ("top Hessian eigenvalue", lambda r: r["top_eigenvalues"][0]),
+      ("Hessian trace", lambda r: r["trace"]),
+      (f"train error % under weight noise, sigma = {sigmas[sigma_i]}",
+       lambda r: 100 * r["energy_error"][sigma_i]),
+      ("test error %", lambda r: 100 * r["test_error"]),
+  ]
+  lines += [f"mnistfc without BatchNorm and dropout, {config['train_size']} training images, each "
+            f"run trained until its training loss reached {config['target_loss']}; mean ± std "
+            "over the seeds that reached it (lower is flatter, or better).", "",
+            "| measure | " + " | ".join(f"{FLATNESS_LABELS[o]} ({len(by_opt.get(o, []))} seeds)"
+                                         for o in FLATNESS_LABELS) + " |",
+            "|---|" + "---|" * len(FLATNESS_LABELS)]
+  for name, get in measures:
+    row = [name]
+    for opt in FLATNESS_LABELS:
+      values = [get(r) for r in by_opt.get(opt, [])]
+      cell = mean_std(values) if values else "-"
+      if opt != "sgd" and values and by_opt.get("sgd"):
+        base = [get(r) for r in by_opt["sgd"]]
+        v = verdict(values, base)
+        cell += f"; vs SGD: **{v}**"
+        verdicts.append({"source": "Flatness at equal loss", "task": "mnistfc", "epochs": "-",
+                         "data": f"{config['train_size']} images", "entropy": FLATNESS_LABELS[opt],
+                         "baseline": "SGD-Nesterov, flatness", "measure": name, "verdict": v})
+      row.append(cell)
+    lines.append("| " + " | ".join(row) + " |")
+  lines.append("")
+  not_reached = [f"{FLATNESS_LABELS.get(r['optimizer'], r['optimizer'])} seed {r['seed']}"
+                 for r in runs.values() if not r.get("reached")]
+  if not_reached:
+    lines += ["Did not reach the target loss within the cap: " + ", ".join(not_reached) + ".", ""]
+  return lines
+
+
+# --------------------------------------------------------------------------- report
+
+
+def summary(verdicts: list[dict[str, Any]]) -> list[str]:
+  """Win / tie / loss counts of each Entropy-SGD variant against each baseline."""
+  lines = ["| Entropy-SGD variant | against | wins | ties | losses | where |",
+           "|---|---|---|---|---|---|"]
+  keys: dict[tuple[str, str], list[dict]] = {}
+  for v in verdicts:
+    if v["verdict"] != "n/a":  # fewer than 2 seeds a side: no verdict
+      keys.setdefault((v["entropy"], v["baseline"]), []).append(v)
+  for (entropy, base), vs in keys.items():
+    count = {k: sum(x["verdict"] == k for x in vs) for k in ("win", "tie", "loss")}
+    where = "; ".join(f"{x['measure']}: {x['verdict']}" if "measure" in x else
+                      f"{x['task']} {x['epochs']} ep. ({x['source']}, {x['data']}): {x['verdict']}"
+                      for x in vs)
+    lines.append(f"| {entropy} | {base} | {count['win']} | {count['tie']} | {count['loss']} "
+                 f"| {where} |")
+  return lines
+
+
+def build(results: pathlib.Path = RESULTS) -> str:
+  """The report's Markdown, from the JSON files under ``results``."""
+  verdicts: list[dict[str, Any]] = []
+  body: list[str] = []
+  sources = []
+  for heading, rel, short in REPRODUCTIONS:
+    records = load_records(results / rel)
+    sources.append(records)
+    body += reproduction_section(heading, rel, short, records, verdicts)
+  tuning_path = results / "tuning.json"
+  body += tuning_section(json.loads(tuning_path.read_text()) if tuning_path.is_file() else {},
+                         verdicts)
+  flat_path = results / "flatness.json"
+  body += flatness_section(json.loads(flat_path.read_text()) if flat_path.is_file() else {},
+                           verdicts)
+  lines = ["# When does Entropy-SGD help? The measured verdicts", "",
+           "Generated by `python benchmarks/evidence.py` from the JSON results of "
+           "`reproduce.py`, `tune.py` and `flatness.py` in `benchmarks/results/`. " + RULE, "",
+           "## Summary", ""]
+  lines += summary(verdicts) if verdicts else ["No verdicts yet."]
+  lines += ["", "## The paper's budgets: what is measured, what is missing", "",
+            "Each optimizer at the paper's budget on the full training data, 3 seeds (the "
+            "reproductions below; Fashion-MNIST and the KJV text stand in for MNIST and War and "
+            "Peace). A missing or partial cell resumes with its command; `reproduce.py` "
+            "checkpoints a running cell after each evaluation.", ""]
+  lines += paper_status(sources)
+  lines += ["", "## The measurements", ""] + body
+  return "\n".join(lines).rstrip() + "\n"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> str:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--results", default=str(RESULTS), help="folder of the JSON results")
+  parser.add_argument("--out", default=str(RESULTS / "evidence.md"), help="Markdown written")
+  args = parser.parse_args(argv)
+  text = build(pathlib.Path(args.results))
+  pathlib.Path(args.out).write_text(text)
+  print(text)
+  return text
+
+
+if __name__ == "__main__":
+  sys.exit(0 if main() else 1)

@@ -1,0 +1,72 @@
+"""The evidence report: verdicts from the per-seed records, never typed in, and every cell of
+the paper's budgets either measured or listed with the command that measures it."""
+
+import json
+
+from benchmarks import evidence
+
+
+def _record(task, optimizer, seed, final, *, epochs=120, items=60_000, complete=True):
+  return {"task": task, "optimizer": optimizer, "seed": seed, "budget_eff_epochs": epochs,
+          "eff_epochs": [epochs if complete else epochs // 2], "metric": [final + 1.0, final],
+          "complete": complete, "train_items": items, "metric_name": "test error %",
+          "data": "fashion-mnist"}
+
+
+def _write(path, records):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps({"runs": {f"{r['task']}/{r['optimizer']}/{r['seed']}": r
+                                      for r in records}}))
+
+
+def test_verdicts_come_from_the_seeds_and_missing_cells_name_their_command(tmp_path):
+  records = (
+      [_record("mnistfc", "sgd", s, 10.0 + 0.1 * s) for s in range(3)]
+      + [_record("mnistfc", "adam", s, 9.0 + 0.1 * s) for s in range(3)]
+      + [_record("mnistfc", "entropy", s, 9.5 + 0.3 * s) for s in range(3)]
+      # a clear win over SGD with the Bocconi recipe
+      + [_record("mnistfc", "entropy_bocconi", s, 8.0 + 0.1 * s) for s in range(3)]
+      # a LeNet cell stopped half-way: partial, not compared
+      + [_record("lenet", "entropy", s, 9.0, epochs=80, complete=False) for s in range(3)])
+  _write(tmp_path / "paper" / "reproduction.json", records)
+  text = evidence.build(tmp_path)
+
+  assert "| Entropy-SGD (Bocconi) | SGD-Nesterov | 1 | 0 | 0 |" in text
+  # Lua vs SGD: means 9.8 vs 10.1, spreads 0.3 and 0.1: Welch's p is well above 5%.
+  assert "| Entropy-SGD (Lua) | SGD-Nesterov | 0 | 1 | 0 |" in text
+  assert "| Entropy-SGD (Bocconi) | Adam | 1 | 0 | 0 |" in text
+  assert "| mnistfc | SGD-Nesterov | complete (3 seeds) | - |" in text
+  assert "| lenet | Entropy-SGD (Lua) | partial: 40 of 80 effective epochs | `nohup python " \
+         "benchmarks/reproduce.py --preset paper --tasks lenet --optimizers entropy " in text
+  assert "| mnistfc | SAM | missing | `nohup python benchmarks/reproduce.py --preset paper " \
+         "--tasks mnistfc --optimizers sam" in text
+  assert "--tasks charlstm --optimizers entropy --make-kjv" in text
+  # No protocol or flatness run in this folder: said so, with the command.
+  assert "No protocol run recorded yet: `nohup python benchmarks/tune.py" in text
+  assert "No equal-loss run recorded yet" in text
+
+
+def test_a_smaller_budget_or_subset_is_reported_but_never_counts_as_the_papers(tmp_path):
+  records = [_record("mnistfc", o, s, 10.0 + s, epochs=20, items=10_000)
+             for o in ("sgd", "entropy") for s in range(3)]
+  _write(tmp_path / "gpu" / "reproduction.json", records)
+  text = evidence.build(tmp_path)
+  assert "20 effective epochs (the paper's: 120), 10000 training images" in text
+  assert "| mnistfc | SGD-Nesterov | missing |" in text
+  assert "| Entropy-SGD (Lua) | SGD-Nesterov | 0 | 1 | 0 |" in text
+
+
+def test_flatness_verdicts_need_two_seeds_a_side(tmp_path):
+  def run(opt, seed, top):
+    return {"optimizer": opt, "seed": seed, "reached": True, "trace": 10.0 * top,
+            "top_eigenvalues": [top], "energy_error": [0.01, 0.02, 0.03], "test_error": 0.1}
+
+  runs = {f"{o}/{s}": run(o, s, top) for o, tops in (("sgd", (5.0, 5.1)), ("lua", (2.0, 2.1)))
+          for s, top in enumerate(tops)}
+  runs["bocconi/0"] = run("bocconi", 0, 1.0)
+  (tmp_path / "flatness.json").write_text(json.dumps(
+      {"runs": runs, "config": {"sigmas": [0.0, 0.3, 0.6], "train_size": 100, "target_loss": 0.1}}))
+  text = evidence.build(tmp_path)
+  assert "| Entropy-SGD (Lua) | SGD-Nesterov, flatness | 2 | 2 | 0 |" in text
+  assert "vs SGD: **n/a**" in text  # Bocconi: one seed, no verdict
+  assert "Entropy-SGD (Bocconi) | SGD-Nesterov, flatness" not in text
