@@ -634,7 +634,7 @@ def write_markdown(report: dict[str, Any], path: pathlib.Path) -> None:
       "reorthogonalisation; in the figure, averaged over seeds on one grid with one Gaussian "
       f"broadening); the top {config['top_k']} eigenvalues, as the largest Ritz values of those "
       "Lanczos runs (the best over the runs; each is a lower bound on its eigenvalue and the extreme "
-      "ones converge first); Hessian trace (Hutchinson, {config['trace_probes']} "
+      f"ones converge first); Hessian trace (Hutchinson, {config['trace_probes']} "
       f"Rademacher probes; the table gives the mean ± std over seeds, and the root-mean-square of "
       f"the seeds' standard errors); local energy (train error and loss on "
       f"{config['energy_size']} images under w -> w (1 + sigma N(0, 1)), "
