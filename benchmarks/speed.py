@@ -21,6 +21,12 @@ Usage::
 
   python benchmarks/speed.py                      # full run, writes results/speed.{md,json}
   python benchmarks/speed.py --models mnistfc --inner-steps 5 --repeats 3 --out /tmp/speed
+  python benchmarks/speed.py --models lm --no-torch   # the ~63 M-parameter transformer (accelerator)
+
+``lm`` is a decoder-only transformer language model of about 63 M parameters
+(width 768, 8 layers, 12 heads, vocabulary 8192, 16 sequences of 256 tokens per
+minibatch): the large model of the accelerator check (``gpu_checks.sh``); on 2
+CPU cores one of its steps takes seconds.
 """
 
 from __future__ import annotations
@@ -92,7 +98,45 @@ def apply_lenet(params, x):
   return x @ params["f2"]["w"] + params["f2"]["b"]
 
 
-MODELS = {"mnistfc": (init_mnistfc, apply_mnistfc), "lenet": (init_lenet, apply_lenet)}
+# A decoder-only transformer language model of about 63 M parameters (GPT-2 small's width, 8
+# layers, a vocabulary of 8192, output head tied to the embedding): the large model of the
+# accelerator check. Its sizes live here so that a test can shrink them.
+LM = dict(vocab=8192, seq=256, batch=16, width=768, layers=8, heads=12)
+
+
+def init_lm(key: jax.Array) -> dict[str, Any]:
+  d, keys = LM["width"], iter(jax.random.split(key, 4 + 4 * LM["layers"]))
+  normal = lambda shape, scale: scale * jax.random.normal(next(keys), shape)
+  norm = lambda: {"scale": jnp.ones(d), "bias": jnp.zeros(d)}
+  return {
+      "embed": normal((LM["vocab"], d), 0.02), "pos": normal((LM["seq"], d), 0.02),
+      "layers": [{"ln1": norm(), "qkv": normal((d, 3 * d), 0.02), "proj": normal((d, d), 0.02),
+                  "ln2": norm(), "fc1": normal((d, 4 * d), 0.02), "fc2": normal((4 * d, d), 0.02)}
+                 for _ in range(LM["layers"])],
+      "ln_f": norm(),
+  }
+
+
+def apply_lm(params, tokens):
+  """Next-token logits (batch, seq, vocab) of ``tokens`` (batch, seq), causal attention."""
+  def norm(p, h):
+    h = (h - h.mean(-1, keepdims=True)) * jax.lax.rsqrt(h.var(-1, keepdims=True) + 1e-5)
+    return h * p["scale"] + p["bias"]
+
+  b, t = tokens.shape
+  heads = LM["heads"]
+  h = params["embed"][tokens] + params["pos"][:t]
+  for layer in params["layers"]:
+    q, k, v = jnp.split(norm(layer["ln1"], h) @ layer["qkv"], 3, axis=-1)
+    split = lambda a: a.reshape(b, t, heads, -1)
+    attention = jax.nn.dot_product_attention(split(q), split(k), split(v), is_causal=True)
+    h = h + attention.reshape(b, t, -1) @ layer["proj"]
+    h = h + jax.nn.gelu(norm(layer["ln2"], h) @ layer["fc1"]) @ layer["fc2"]
+  return norm(params["ln_f"], h) @ params["embed"].T
+
+
+MODELS = {"mnistfc": (init_mnistfc, apply_mnistfc), "lenet": (init_lenet, apply_lenet),
+          "lm": (init_lm, apply_lm)}
 
 
 def make_loss(apply: Callable) -> Callable:
@@ -107,9 +151,13 @@ def tree_bytes(tree: Any) -> int:
   return sum(int(np.prod(np.shape(x))) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
 
 
-def make_batches(inner_steps: int) -> dict[str, np.ndarray]:
-  """L random minibatches of 128 images (28 x 28, flattened) and labels, seed 0."""
+def make_batches(inner_steps: int, model_name: str = "mnistfc") -> dict[str, np.ndarray]:
+  """L random minibatches, seed 0: 128 images (28 x 28, flattened) and labels, or for ``lm``
+  ``LM["batch"]`` token sequences and the next tokens."""
   rng = np.random.default_rng(0)
+  if model_name == "lm":
+    tokens = rng.integers(0, LM["vocab"], size=(inner_steps, LM["batch"], LM["seq"] + 1))
+    return {"x": tokens[..., :-1].astype(np.int32), "y": tokens[..., 1:].astype(np.int32)}
   return {
       "x": rng.normal(size=(inner_steps, BATCH, 784)).astype(np.float32),
       "y": rng.integers(0, 10, size=(inner_steps, BATCH)).astype(np.int32),
@@ -172,6 +220,10 @@ def train_step_candidates(loss, inner_steps) -> dict[str, tuple[Any, Callable]]:
 
 
 # ----------------------------------------------------------------------------- PyTorch reference
+
+
+TORCH_MODELS = ("mnistfc", "lenet")
+"""The models the PyTorch reference has; the others are timed against optax alone."""
 
 
 def torch_candidate(model_name: str, inner_steps: int, batches_np: dict[str, np.ndarray]):
@@ -256,7 +308,7 @@ def measure(model_name: str, inner_steps: int, repeats: int, with_torch: bool,
   init, apply = MODELS[model_name]
   loss = make_loss(apply)
   params = init(jax.random.key(0))
-  batches_np = make_batches(inner_steps)
+  batches_np = make_batches(inner_steps, model_name)
   batches = jax.tree.map(jnp.asarray, batches_np)
 
   candidates = {
@@ -291,7 +343,7 @@ def measure(model_name: str, inner_steps: int, repeats: int, with_torch: bool,
 
   timings: dict[str, list[float]] = {name: [] for name in [*candidates, *steps]}
   torch_step = None
-  if with_torch:
+  if with_torch and model_name in TORCH_MODELS:
     torch_step, torch_version = torch_candidate(model_name, inner_steps, batches_np)
     torch_step()
     timings["torch_authors"] = []
@@ -415,6 +467,11 @@ def machine() -> dict[str, Any]:
   }
 
 
+def fmt(value: float | None, spec: str, suffix: str = "") -> str:
+  """``value`` formatted, or ``-`` when it was not measured."""
+  return "-" if value is None else f"{value:{spec}}{suffix}"
+
+
 def write_markdown(path: pathlib.Path, command: str, info: dict, results: list[dict]) -> None:
   lines = [
       "# Speed and memory of the fused Entropy-SGD step",
@@ -438,8 +495,8 @@ def write_markdown(path: pathlib.Path, command: str, info: dict, results: list[d
         f"| {r['model']} | {r['inner_steps']} | {ratio['entropy_sgd']:.3f} | "
         f"{ratio.get('entropy_train_step', float('nan')):.3f} | "
         f"{ratio['entropy_sgd_threefry']:.3f} | {ratio['entropy_sgd_noise0']:.3f} | "
-        f"{ratio.get('torch_authors', float('nan')):.3f} | "
-        f"{r.get('speedup_vs_torch_per_counted_grad', float('nan')):.2f}x | "
+        f"{fmt(ratio.get('torch_authors'), '.3f')} | "
+        f"{fmt(r.get('speedup_vs_torch_per_counted_grad'), '.2f', 'x')} | "
         f"{ms['optax_sgd']:.2f}, {ms['entropy_sgd']:.2f} | "
         f"{max(r['compilations'].values())} |"
     )

@@ -4,10 +4,12 @@ checkouts in one process. No timing is asserted: times are the benchmark's
 business (benchmarks/results/speed.md), not the tests'."""
 
 import json
+import math
 import pathlib
 import subprocess
 import sys
 
+import jax
 import pytest
 
 BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
@@ -38,6 +40,25 @@ def test_speed_reports_every_candidate_compiled_once_and_its_memory(tmp_path):
   markdown = out.with_suffix(".md").read_text()
   assert "| mnistfc | 2 |" in markdown and "Langevin step, paper's noise" in markdown
   assert "make_train_step, donated" in markdown and "noise alone / SGD step" in markdown
+
+
+def test_the_transformer_lm_is_timed_without_a_pytorch_column(tmp_path, monkeypatch):
+  # The size the accelerator check measures: >= 50 M parameters (shapes only, nothing allocated).
+  shapes = jax.eval_shape(speed.init_lm, jax.random.key(0))
+  assert sum(math.prod(a.shape) for a in jax.tree.leaves(shapes)) > 50_000_000
+  # Shrunk, the same code at a size 2 cores can run.
+  monkeypatch.setattr(speed, "LM", dict(vocab=64, seq=16, batch=4, width=32, layers=2, heads=4))
+  params = speed.init_lm(jax.random.key(0))
+  d, v, layers = 32, 64, 2
+  per_layer = 2 * 2 * d + 3 * d * d + d * d + 4 * d * d + 4 * d * d
+  assert sum(a.size for a in jax.tree.leaves(params)) == v * d + 16 * d + layers * per_layer + 2 * d
+  out = tmp_path / "lm"
+  speed.main(["--models", "lm", "--inner-steps", "2", "--repeats", "1", "--calls", "1",
+              "--out", str(out)])  # torch may be installed: lm has no PyTorch reference
+  (result,) = json.loads(out.with_suffix(".json").read_text())["results"]
+  assert "torch_authors" not in result["ratio_to_optax_sgd"]
+  assert set(result["compilations"].values()) == {1}
+  assert "| lm | 2 |" in out.with_suffix(".md").read_text()
 
 
 def test_ab_versions_compares_a_commit_with_the_checkout(capsys):
