@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks of the benchmarks, as one command for a lent accelerator (at most 9.5 minutes: the parts' time limits sum to 560 s):
+# The GPU checks of the benchmarks, one command for a lent accelerator (its parts' limits: 560 s):
 #   bash benchmarks/gpu_checks.sh DATA_DIR OUT
 # DATA_DIR: the four Fashion-MNIST IDX .gz files and kjv.txt (see benchmarks/gpu_reproduce.sh).
 # OUT receives gpu_results.tgz (speed, reproduction, scaling results) and gpu_log.txt.
