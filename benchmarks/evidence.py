@@ -38,10 +38,10 @@ import numpy as np
 HERE = pathlib.Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 
-# (heading, path under results/, short name): the reproductions, in the order they are reported.
+# (what, path under results/, machine): the reproductions; a cell in two is taken from the first.
 REPRODUCTIONS = (
-    ("On 2 CPU cores at the paper's budgets", "paper/reproduction.json", "CPU"),
-    ("On an H100", "gpu/reproduction.json", "H100"),
+    ("the paper's budgets", "paper/reproduction.json", "2 CPU cores"),
+    ("the H100 run", "gpu/reproduction.json", "H100"),
 )
 PAPER_OUT = "benchmarks/results/paper"
 # The paper's budgets in effective epochs (Entropy-SGD's headline numbers).
@@ -138,20 +138,35 @@ def load_records(path: pathlib.Path) -> list[dict[str, Any]]:
   return list(json.loads(path.read_text()).get("runs", {}).values())
 
 
-def reproduction_section(heading: str, rel: str, short: str, records: list[dict[str, Any]],
+def pooled_cells(sources: Sequence[tuple[str, list[dict[str, Any]]]]
+                 ) -> dict[tuple[str, str, int, int], tuple[str, list[dict]]]:
+  """Complete cells of all ``(machine, records)`` sources; the first source's where two have one."""
+  pooled: dict[tuple[str, str, int, int], tuple[str, list[dict]]] = {}
+  for machine, records in sources:
+    for key, recs in cells_of(records).items():
+      pooled.setdefault(key, (machine, recs))
+  return pooled
+
+
+def reproduction_section(sources: Sequence[tuple[str, list[dict[str, Any]]]],
                          verdicts: list[dict[str, Any]]) -> list[str]:
-  """A table per (task, budget) of ``records``; appends every verdict to ``verdicts``."""
-  lines = [f"### {heading}", "", f"From `benchmarks/results/{rel}`.", ""]
-  if not records:
-    return lines + ["No runs recorded yet.", ""]
-  cells = cells_of(records)
+  """A table per (task, budget, training set); appends every verdict to ``verdicts``."""
+  files = ", ".join(f"`benchmarks/results/{rel}` ({machine})" for _, rel, machine in REPRODUCTIONS)
+  lines = ["### The reproductions", "",
+           f"From {files}. A cell measured on both machines is taken from the first; cells of "
+           "one budget and training set run on different machines are compared (the same code, "
+           "seeds and data: the machines differ in floating-point rounding only).", ""]
+  cells = pooled_cells(sources)
+  if not cells:
+    return lines + ["No complete cell recorded yet.", ""]
   order = list(TASK_NAMES)
   groups = sorted({(t, e, n) for t, _, e, n in cells}, key=lambda g: (order.index(g[0]), g[1:]))
   for task, epochs, items in groups:
     present = {o: cells[(task, o, epochs, items)] for o in (*BASELINES, *ENTROPY)
                if (task, o, epochs, items) in cells}
-    metric = next(iter(present.values()))[0]["metric_name"]
-    full = full_items(task, next(iter(present.values()))[0])
+    first = next(iter(present.values()))[1][0]
+    metric = first["metric_name"]
+    full = full_items(task, first)
     unit = "training windows of 50 characters" if task == "charlstm" else "training images"
     data = "full training set" if full is not None and items >= full else f"{items} {unit}"
     budget = PAPER_BUDGET.get(task)
@@ -160,18 +175,20 @@ def reproduction_section(heading: str, rel: str, short: str, records: list[dict[
     label = dict(LABELS, entropy="Entropy-Adam" if task == "charlstm" else LABELS["entropy"])
     lines += [f"**{TASK_NAMES.get(task, task)}**: {epochs} effective epochs{of_paper}, {data}; "
               f"final {metric}, mean ± std over seeds.", "",
-              "| optimizer | seeds | final | vs SGD-Nesterov | vs Adam | vs SAM |",
-              "|---|---|---|---|---|---|"]
-    for opt, recs in present.items():
+              "| optimizer | run on | seeds | final | vs SGD-Nesterov | vs Adam | vs SAM |",
+              "|---|---|---|---|---|---|---|"]
+    for opt, (machine, recs) in present.items():
       finals = [r["metric"][-1] for r in recs]
-      row = [label[opt], str(len(recs)), mean_std(finals, 3)]
+      row = [label[opt], machine, str(len(recs)), mean_std(finals, 3)]
       for base in BASELINES:
         if opt in ENTROPY and base in present:
-          other = [r["metric"][-1] for r in present[base]]
+          base_machine, base_recs = present[base]
+          other = [r["metric"][-1] for r in base_recs]
           v = verdict(finals, other)
           row.append(f"**{v}** ({np.mean(finals) - np.mean(other):+.3f}, p = "
                      f"{welch_p(finals, other):.3f})")
-          verdicts.append({"source": short, "task": task, "epochs": epochs, "data": data,
+          where = machine if machine == base_machine else f"{machine} vs {base_machine}"
+          verdicts.append({"source": where, "task": task, "epochs": epochs, "data": data,
                            "entropy": label[opt], "baseline": LABELS[base], "verdict": v})
         else:
           row.append("")
@@ -360,11 +377,8 @@ def build(results: pathlib.Path = RESULTS) -> str:
   """The report's Markdown, from the JSON files under ``results``."""
   verdicts: list[dict[str, Any]] = []
   body: list[str] = []
-  sources = []
-  for heading, rel, short in REPRODUCTIONS:
-    records = load_records(results / rel)
-    sources.append(records)
-    body += reproduction_section(heading, rel, short, records, verdicts)
+  sources = [(machine, load_records(results / rel)) for _, rel, machine in REPRODUCTIONS]
+  body += reproduction_section(sources, verdicts)
   tuning_path = results / "tuning.json"
   body += tuning_section(json.loads(tuning_path.read_text()) if tuning_path.is_file() else {},
                          verdicts)
@@ -381,7 +395,7 @@ def build(results: pathlib.Path = RESULTS) -> str:
             "reproductions below; Fashion-MNIST and the KJV text stand in for MNIST and War and "
             "Peace). A missing or partial cell resumes with its command; `reproduce.py` "
             "checkpoints a running cell after each evaluation.", ""]
-  lines += paper_status(sources)
+  lines += paper_status([records for _, records in sources])
   lines += ["", "## The measurements", ""] + body
   return "\n".join(lines).rstrip() + "\n"
 
