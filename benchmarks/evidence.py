@@ -27,13 +27,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import pathlib
 import re
 import sys
 from typing import Any, Optional, Sequence
 
 import numpy as np
+
+if not __package__:  # run as a script: make the package `benchmarks` importable
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+from benchmarks import stats  # noqa: E402
+from benchmarks.stats import verdict  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -53,53 +58,16 @@ ENTROPY = ("entropy", "entropy_pytorch", "entropy_bocconi")
 LABELS = {"sgd": "SGD-Nesterov", "adam": "Adam", "sam": "SAM", "entropy": "Entropy-SGD (Lua)",
           "entropy_pytorch": "Entropy-SGD (PyTorch)", "entropy_bocconi": "Entropy-SGD (Bocconi)"}
 IMAGE_TRAIN_ITEMS = 60_000
-ALPHA = 0.05
-RULE = ("Verdict rule: Welch's t-test on the per-seed final values, two-sided at 5%: **win** or "
-        "**loss** for Entropy-SGD when p < 0.05 (lower is better), else **tie**; only cells "
-        "complete at the same budget and training set are compared.")
+RULE = (f"Verdict rule (`benchmarks/stats.py`): {stats.RULE}; only cells complete at the same "
+        "budget and training set are compared.")
 
 
 # --------------------------------------------------------------------------- statistics
 
 
 def welch_p(a: Sequence[float], b: Sequence[float]) -> float:
-  """Two-sided p-value of Welch's t-test; nan with fewer than 2 values a side.
-
-  Examples:
-    >>> round(welch_p([1.0, 1.1, 0.9], [2.0, 2.1, 1.9]), 5)
-    0.00026
-    >>> welch_p([1.0], [2.0, 3.0])
-    nan
-  """
-  x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  if len(x) < 2 or len(y) < 2:
-    return math.nan
-  vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
-  diff = x.mean() - y.mean()
-  if vx + vy == 0:
-    return 1.0 if diff == 0 else 0.0
-  t = diff / math.sqrt(vx + vy)
-  df = (vx + vy) ** 2 / (vx ** 2 / (len(x) - 1) + vy ** 2 / (len(y) - 1))
-  from scipy import stats
-
-  return float(2 * stats.t.sf(abs(t), df))
-
-
-def verdict(a: Sequence[float], b: Sequence[float]) -> str:
-  """``win``, ``loss`` or ``tie`` of ``a`` against ``b`` (lower is better), by :func:`welch_p`.
-
-  ``n/a`` when either side has fewer than 2 values.
-
-  Examples:
-    >>> verdict([1.0, 1.1, 0.9], [2.0, 2.1, 1.9]), verdict([1.0, 1.2, 1.1], [1.1, 1.0, 1.2])
-    ('win', 'tie')
-  """
-  p = welch_p(a, b)
-  if math.isnan(p):
-    return "n/a"
-  if p >= ALPHA:
-    return "tie"
-  return "win" if np.mean(a) < np.mean(b) else "loss"
+  """The two-sided p-value of :func:`benchmarks.stats.welch`."""
+  return stats.welch(a, b)[1]
 
 
 def mean_std(values: Sequence[float], digits: int = 2) -> str:

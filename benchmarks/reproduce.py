@@ -78,6 +78,8 @@ if not __package__:
 
 from benchmarks import datasets as data_lib  # noqa: E402
 from benchmarks import models  # noqa: E402
+from benchmarks import stats as stats_lib  # noqa: E402
+from benchmarks.stats import verdict  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
 TASKS = ("mnistfc", "lenet", "charlstm", "allcnn")
@@ -794,22 +796,6 @@ def _stats(values: Sequence[float]) -> tuple[float, float]:
   return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
 
-def verdict(entropy: Sequence[float], baseline: Sequence[float]) -> str:
-  """``win``, ``tie`` or ``loss`` of Entropy-SGD (lower is better).
-
-  A tie when the means differ by no more than their combined standard
-  deviation sqrt(std_e^2 + std_b^2).
-
-  Examples:
-    >>> verdict([1.0, 1.1, 0.9], [2.0, 2.1, 1.9]), verdict([1.0, 1.2], [1.1, 1.0])
-    ('win', 'tie')
-  """
-  (me, se), (mb, sb) = _stats(entropy), _stats(baseline)
-  if abs(me - mb) <= math.hypot(se, sb):
-    return "tie"
-  return "win" if me < mb else "loss"
-
-
 @dataclasses.dataclass(frozen=True)
 class Target:
   """The budgets a report checks the cells against, and the commands that complete them."""
@@ -885,9 +871,8 @@ def write_report(out: pathlib.Path, runs: dict[str, Any], target: Optional[Targe
       "Test error is measured at the anchor with BatchNorm statistics recomputed over training",
       "images (dropout off); 'best' is the lowest test value along the run (optimistic: picked on",
       "the test set). Mean ± std over seeds.",
-      "Verdicts compare each Entropy-SGD recipe's final mean with each baseline's, from complete",
-      "cells at the same budget only: tie when |mean_e - mean_b| <= sqrt(std_e^2 + std_b^2), else",
-      "win or loss.",
+      "Verdicts compare each Entropy-SGD recipe with each baseline, from complete cells at the",
+      f"same budget only (benchmarks/stats.py): {stats_lib.RULE}.",
       "",
   ]
   if target is not None:

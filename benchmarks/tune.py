@@ -66,6 +66,8 @@ if not __package__:  # run as `python benchmarks/tune.py`: make the package `ben
 
 from benchmarks import datasets as data_lib  # noqa: E402
 from benchmarks import reproduce  # noqa: E402
+from benchmarks.stats import verdict  # noqa: E402
+from benchmarks.stats import welch  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
 TASKS = ("mnistfc", "lenet")
@@ -509,38 +511,6 @@ def cpu_model() -> str:
 
 
 # --------------------------------------------------------------------------- statistics
-
-
-def welch(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
-  """Welch's t statistic and two-sided p-value (nan with fewer than 2 values a side)."""
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  if len(a) < 2 or len(b) < 2:
-    return math.nan, math.nan
-  va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-  diff = a.mean() - b.mean()
-  if va + vb == 0:
-    return (0.0, 1.0) if diff == 0 else (math.copysign(math.inf, diff), 0.0)
-  t = diff / math.sqrt(va + vb)
-  df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
-  from scipy import stats
-
-  return float(t), float(2 * stats.t.sf(abs(t), df))
-
-
-def verdict(a: Sequence[float], b: Sequence[float], alpha: float = 0.05) -> str:
-  """``win``, ``loss`` or ``tie`` of ``a`` against ``b`` (lower is better): Welch, two-sided.
-
-  Examples:
-    >>> verdict([1.0, 1.1, 0.9], [2.0, 2.1, 1.9]), verdict([1.0, 1.2, 1.1], [1.1, 1.0, 1.2])
-    ('win', 'tie')
-  """
-  _, p = welch(a, b)
-  if not p < alpha:
-    return "tie"
-  return "win" if np.mean(a) < np.mean(b) else "loss"
-
-
-# --------------------------------------------------------------------------- report
 
 
 def _mean_std(values: Sequence[float]) -> str:
