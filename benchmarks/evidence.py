@@ -341,9 +341,17 @@ def summary(verdicts: list[dict[str, Any]]) -> list[str]:
   return lines
 
 
-def build(results: pathlib.Path = RESULTS) -> str:
-  """The report's Markdown, from the JSON files under ``results``."""
+def verdicts_of(results: pathlib.Path = RESULTS) -> list[dict[str, Any]]:
+  """Every verdict of the report: dicts with ``entropy``, ``baseline``, ``verdict``, ``task``..."""
   verdicts: list[dict[str, Any]] = []
+  build(results, verdicts)
+  return verdicts
+
+
+def build(results: pathlib.Path = RESULTS,
+          verdicts: Optional[list[dict[str, Any]]] = None) -> str:
+  """The report's Markdown, from the JSON files under ``results``; ``verdicts`` collects them."""
+  verdicts = [] if verdicts is None else verdicts
   body: list[str] = []
   sources = [(machine, load_records(results / rel)) for _, rel, machine in REPRODUCTIONS]
   body += reproduction_section(sources, verdicts)

@@ -70,3 +70,18 @@ def test_flatness_verdicts_need_two_seeds_a_side(tmp_path):
   assert "| Entropy-SGD (Lua) | SGD-Nesterov, flatness | 2 | 2 | 0 |" in text
   assert "vs SGD: **n/a**" in text  # Bocconi: one seed, no verdict
   assert "Entropy-SGD (Bocconi) | SGD-Nesterov, flatness" not in text
+
+
+def test_the_readme_and_the_verdicts_page_say_what_the_committed_results_measure():
+  # README's "What to expect" and docs/when.md summarise the verdicts in words; this keeps the
+  # words true of the committed results (update both pages when a new result changes a verdict).
+  verdicts = [v for v in evidence.verdicts_of() if v["verdict"] != "n/a"]
+  readme = (evidence.HERE.parent / "README.md").read_text()
+  assert "tied SGD with Nesterov momentum" in readme and "never beat Adam" in readme
+  image_sgd = [v for v in verdicts if v["baseline"] == "SGD-Nesterov"
+               and v["entropy"] != "Entropy-Adam"]
+  assert image_sgd and all(v["verdict"] == "tie" for v in image_sgd), image_sgd
+  adam = [v for v in verdicts if v["baseline"] == "Adam"]
+  assert adam and all(v["verdict"] != "win" for v in adam), adam
+  hessian = [v for v in verdicts if v.get("measure") in ("top Hessian eigenvalue", "Hessian trace")]
+  assert hessian and all(v["verdict"] != "win" for v in hessian), hessian
