@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # Two pytest workers, each test file on one (its module fixtures computed once); PYTEST_WORKERS= runs serially.
 PYTEST_WORKERS ?= -n 2 --dist loadfile
 
-.PHONY: install test test-fast lint dist-check docs docs-doctest demo clean
+.PHONY: install test test-slow test-fast lint dist-check docs docs-doctest demo clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,9 +15,15 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# The tests marked `slow` (the benchmarks' plumbing end to end, the long soak) run in
+# `make test-slow`; CI (.ci/run) runs both targets.
 test: install lint dist-check docs docs-doctest
-	$(PY) -m pytest $(PYTEST_WORKERS)
+	$(PY) -m pytest $(PYTEST_WORKERS) -m 'not slow'
 
+test-slow: install
+	$(PY) -m pytest $(PYTEST_WORKERS) -m slow
+
+# The test suite alone, without lint, packaging and docs.
 test-fast: install
 	$(PY) -m pytest $(PYTEST_WORKERS) -m 'not slow'
 

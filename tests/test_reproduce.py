@@ -81,6 +81,8 @@ def test_unroll_auto_means_the_conv_tasks_on_the_cpu_backend():
   assert not reproduce.resolve_unroll("false", "lenet")
 
 
+# Slow (a minute or two on 2 cores): `make test-slow` runs them, and CI.
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["sgd", "sam", "entropy_bocconi"])
 def test_the_unrolled_driver_trains_the_same_runs_as_the_scanned_one(optimizer):
   # LeNet on 80 generated images (5 minibatches of 16): a few calls per effective epoch.
@@ -142,6 +144,7 @@ def test_quick_run_of_sam_and_entropy_sgd_writes_json_report_and_plot_then_resum
   assert len(again["sessions"]) == 2
 
 
+@pytest.mark.slow
 def test_an_interrupted_cell_resumes_from_its_checkpoint_to_the_uninterrupted_records(tmp_path):
   common = ["--quick", "--tasks", "mnistfc", "--optimizers", "entropy"]
   straight = reproduce.main(common + ["--out", str(tmp_path / "a")])["runs"]

@@ -42,23 +42,39 @@ def test_speed_reports_every_candidate_compiled_once_and_its_memory(tmp_path):
   assert "make_train_step, donated" in markdown and "noise alone / SGD step" in markdown
 
 
-def test_the_transformer_lm_is_timed_without_a_pytorch_column(tmp_path, monkeypatch):
+def test_the_transformer_lm_trains_fused_and_reports_without_a_pytorch_column(tmp_path, monkeypatch):
   # The size the accelerator check measures: >= 50 M parameters (shapes only, nothing allocated).
   shapes = jax.eval_shape(speed.init_lm, jax.random.key(0))
   assert sum(math.prod(a.shape) for a in jax.tree.leaves(shapes)) > 50_000_000
-  # Shrunk, the same code at a size 2 cores can run.
+  # Shrunk, the same code at a size 2 cores can run: its batches, loss and fused step.
   monkeypatch.setattr(speed, "LM", dict(vocab=64, seq=16, batch=4, width=32, layers=2, heads=4))
   params = speed.init_lm(jax.random.key(0))
   d, v, layers = 32, 64, 2
   per_layer = 2 * 2 * d + 3 * d * d + d * d + 4 * d * d + 4 * d * d
   assert sum(a.size for a in jax.tree.leaves(params)) == v * d + 16 * d + layers * per_layer + 2 * d
-  out = tmp_path / "lm"
-  speed.main(["--models", "lm", "--inner-steps", "2", "--repeats", "1", "--calls", "1",
-              "--out", str(out)])  # torch may be installed: lm has no PyTorch reference
-  (result,) = json.loads(out.with_suffix(".json").read_text())["results"]
-  assert "torch_authors" not in result["ratio_to_optax_sgd"]
-  assert set(result["compilations"].values()) == {1}
-  assert "| lm | 2 |" in out.with_suffix(".md").read_text()
+  batches = jax.tree.map(jax.numpy.asarray, speed.make_batches(2, "lm"))
+  assert batches["x"].shape == batches["y"].shape == (2, 4, 16)
+  loss = speed.make_loss(speed.apply_lm)
+  first = loss(params, jax.tree.map(lambda a: a[0], batches))
+  assert abs(float(first) - math.log(64)) < 0.5  # near uniform at initialisation
+  tx, run = speed.entropy_candidate(loss, 2, noise=speed.NOISE)
+  new_params, state = jax.jit(run)(params, tx.init(params), batches)
+  assert int(state.count) == 1 and int(state.skipped) == 0
+  assert all(bool(jax.numpy.isfinite(a).all()) for a in jax.tree.leaves(new_params))
+  # No PyTorch reference for it: the report says "-" rather than a number.
+  assert "lm" not in speed.TORCH_MODELS
+  result = {"model": "lm", "inner_steps": 2, "ms_per_grad": {"optax_sgd": 1.0, "entropy_sgd": 1.1},
+            "ratio_to_optax_sgd": {"entropy_sgd": 1.1, "entropy_sgd_threefry": 1.2,
+                                   "entropy_sgd_noise0": 1.05, "entropy_train_step": 1.1},
+            "compilations": {"entropy_sgd": 1},
+            "memory_x_params": {n: {"fused_step_temp": 1.0, "optimizer_state": 1.0}
+                                for n in ("entropy_sgd", "optax_sgd")},
+            "update_ms": {"one_pass": 1.0, "sgd_update": 1.0, "langevin_noise0": 1.0,
+                          "langevin": 1.0}}
+  out = tmp_path / "lm.md"
+  speed.write_markdown(out, "cmd", speed.machine(), [result])
+  row = next(line for line in out.read_text().splitlines() if line.startswith("| lm | 2 |"))
+  assert row.split("|")[7].strip() == "-" and row.split("|")[8].strip() == "-"
 
 
 def test_ab_versions_compares_a_commit_with_the_checkout(capsys):
