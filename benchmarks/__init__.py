@@ -7,3 +7,23 @@ text readers) and :mod:`benchmarks.models` (the paper's Flax networks), are impo
 root on ``sys.path`` when it runs as a file, so ``python -m benchmarks.NAME`` works for it too,
 and the tests import it as ``from benchmarks import NAME``.
 """
+
+import os as _os
+import pathlib as _pathlib
+
+_ROOT = _pathlib.Path(__file__).resolve().parent.parent
+
+
+def repo_relative(path: str) -> str:
+  """``path`` relative to the repository root when it lies inside it, else as given.
+
+  Results record where they were written this way, so that they name no machine's folders.
+
+  Examples:
+    >>> repo_relative(str(_ROOT / "benchmarks" / "results")), repo_relative("/tmp/x")
+    ('benchmarks/results', '/tmp/x')
+  """
+  resolved = _pathlib.Path(path).resolve()
+  if resolved == _ROOT or _ROOT in resolved.parents:
+    return _os.path.relpath(resolved, _ROOT)
+  return path

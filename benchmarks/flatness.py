@@ -64,6 +64,7 @@ from entropy_optax import recipes
 if not __package__:  # run as `python benchmarks/flatness.py`: make the package `benchmarks` importable
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
+import benchmarks  # noqa: E402
 from benchmarks import datasets as data_lib  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -798,7 +799,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   report["invocations"].append(invocation)
   report.update(
       command=command, machine=machine(),
-      data=data["source"], out=args.out, data_dir=args.data_dir, tolerance=args.tolerance,
+      data=data["source"], out=benchmarks.repo_relative(args.out), data_dir=args.data_dir,
+      tolerance=args.tolerance,
       num_params=sum(p.size for p in jax.tree.leaves(params0)),
   )
 

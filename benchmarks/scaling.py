@@ -250,7 +250,12 @@ def main(argv: list[str] | None = None) -> None:
   for name, n, diff, seconds, coll in rows:
     lines.append(f"| {name} | {n} | {diff:.1e} | {seconds * 1e3:.1f} ms | {coll} |")
   (out / "scaling.md").write_text("\n".join(lines) + "\n")
-  (out / "scaling.json").write_text(json.dumps({"args": vars(args), "results": raw}, indent=1))
+  if not __package__:  # run as `python benchmarks/scaling.py`: make `benchmarks` importable
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+  import benchmarks
+
+  (out / "scaling.json").write_text(json.dumps({"args": dict(vars(args), out=benchmarks.repo_relative(args.out)),
+                                               "results": raw}, indent=1))
   print("\n".join(lines))
 
 
