@@ -25,10 +25,11 @@ loop; otherwise every evaluation block is one jitted ``lax.scan``.
 All runs go to ONE ``<out>/reproduction.json``: a record per (task,
 optimizer, seed, budget), written after every evaluation block, and cells
 complete at the requested budget (effective epochs and training size) are
-skipped. A running cell is checkpointed (Orbax) after every evaluation block
-under ``<out>/checkpoints/<task>-<optimizer>/``, so rerunning the same command
-resumes it from its last finished block; the checkpoint goes once the cell
-completes. ``<out>/reproduction.md`` and ``reproduction_<task>.png`` are
+skipped. Runs on different cells may share ``<out>``: each save merges with
+the file under a lock, so neither drops the other's records. A running cell is
+checkpointed (Orbax) after every evaluation block under
+``<out>/checkpoints/<task>-<optimizer>/``, so rerunning the same command resumes
+it from its last finished block; the checkpoint goes once the cell completes. ``<out>/reproduction.md`` and ``reproduction_<task>.png`` are
 rebuilt from the JSON (``--report-only`` rebuilds them alone;
 ``--target-preset`` names the budgets whose missing cells the report lists,
 with the command that completes each).
@@ -51,6 +52,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import fcntl
 import io
 import json
 import math
@@ -1134,10 +1136,23 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     make_kjv(pathlib.Path(args.make_kjv))
     args.text = args.make_kjv
 
+  written: set[str] = set()
+  """Record keys this run wrote; another run into the same folder owns the rest."""
+
   def save() -> None:
-    tmp = runs_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(runs, indent=1))
-    tmp.replace(runs_path)
+    # Merges with the file as it is now, under a lock, so that two runs into one folder
+    # (say mnistfc and charlstm side by side) never drop each other's records.
+    with open(runs_path.with_suffix(".lock"), "w") as lock:
+      fcntl.flock(lock, fcntl.LOCK_EX)
+      on_disk = load_runs(runs_path)
+      for key, record in on_disk["runs"].items():
+        if key not in written:
+          runs["runs"][key] = record
+      sessions = on_disk["sessions"] + [s for s in runs["sessions"] if s not in on_disk["sessions"]]
+      runs["sessions"] = sessions
+      tmp = runs_path.with_suffix(f".json.{os.getpid()}.tmp")
+      tmp.write_text(json.dumps(runs, indent=1))
+      tmp.replace(runs_path)
 
   if not args.report_only:
     print(f"jax {jax.__version__} on {device}; preset {args.preset}; out {out}", flush=True)
@@ -1169,7 +1184,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
           for record in records:
             record.update(command=command, device=device, budget={
                 "eff_epochs": budget.total, "train_size": budget.train_size, "quick": args.quick})
-            runs["runs"][record_key(name, opt, record["seed"], tag)] = record
+            key = record_key(name, opt, record["seed"], tag)
+            runs["runs"][key] = record
+            written.add(key)
           save()
 
         store(run_cell(task, opt, missing(opt), budget, deadline, unroll=unroll,

@@ -177,6 +177,29 @@ def test_a_larger_budget_reruns_cells_complete_only_at_a_smaller_one(tmp_path):
   assert "budget `E2-T512-quick`" in report and "budget `E1-T512-quick`" in report
 
 
+def test_two_runs_into_one_folder_keep_each_others_records(tmp_path, monkeypatch):
+  # Another run (another task, say) saves into the same reproduction.json while this one
+  # trains: this run's saves merge with the file instead of overwriting it.
+  path = tmp_path / "reproduction.json"
+  other = _record("adam", 0, 1.5, task="charlstm")
+  other_key = reproduce.record_key("charlstm", "adam", 0, "E2-T512-quick")
+  real_run_cell = reproduce.run_cell
+
+  def run_cell_beside_another_run(*args, **kwargs):
+    runs = json.loads(path.read_text()) if path.exists() else {"runs": {}, "sessions": []}
+    runs["runs"][other_key] = other
+    path.write_text(json.dumps(runs))
+    return real_run_cell(*args, **kwargs)
+
+  monkeypatch.setattr(reproduce, "run_cell", run_cell_beside_another_run)
+  runs = reproduce.main(["--quick", "--tasks", "mnistfc", "--optimizers", "sgd", "--seeds", "1",
+                         "--out", str(tmp_path)])["runs"]
+  on_disk = json.loads(path.read_text())["runs"]
+  mine = "mnistfc/sgd/0@E2-T512-quick"
+  assert set(on_disk) == set(runs) == {mine, other_key}
+  assert on_disk[mine]["complete"] and on_disk[other_key]["metric"] == other["metric"]
+
+
 def _record(optimizer, seed, metric, complete=True, epochs=2, task="lenet"):
   reached = list(range(1, (epochs if complete else epochs - 1) + 1))
   return {"task": task, "optimizer": optimizer, "seed": seed, "budget_eff_epochs": epochs,
