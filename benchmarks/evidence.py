@@ -10,7 +10,9 @@ help?" includes it):
   SGD-Nesterov, Adam and SAM at equal gradient evaluations;
 * the fair protocol (``tune.py``, ``results/tuning.json``): every optimizer
   tuned alike on a validation split, then scored on the test set;
-* flatness at equal training loss (``flatness.py``, ``results/flatness.json``).
+* flatness at equal training loss (``flatness.py``, ``results/flatness.json``);
+* whether the char-LSTM is big enough for its comparison: Adam below 2.0 bits
+  per character on the whole text within the paper's budget.
 
 One rule gives every verdict: Welch's t-test on the per-seed values, two-sided
 at 5%; a **win** or **loss** when p < 0.05 (lower error, loss or curvature is
@@ -184,7 +186,11 @@ def paper_status(sources: Sequence[list[dict[str, Any]]]) -> list[str]:
           best = max(best, (3, f"complete ({done} seeds)"))
         else:
           reached = max(r["eff_epochs"][-1] if r["eff_epochs"] else 0 for r in recs)
-          best = max(best, (1, f"partial: {reached} of {epochs} effective epochs"))
+          now = [r["metric"][r["eff_epochs"].index(reached)] for r in recs
+                 if reached in r["eff_epochs"]]
+          so_far = (f" (there: {mean_std(now, 3)} {recs[0]['metric_name']}, "
+                    f"{len(now)} seeds)" if now else "")
+          best = max(best, (1, f"partial: {reached} of {epochs} effective epochs{so_far}"))
       text = "-" if best[0] == 3 else (
           f"`nohup python benchmarks/reproduce.py --preset paper --tasks {task} --optimizers {opt}"
           + (" --make-kjv .data/kjv.txt" if task == "charlstm" else "")
@@ -192,6 +198,37 @@ def paper_status(sources: Sequence[list[dict[str, Any]]]) -> list[str]:
       label = "Entropy-Adam" if task == "charlstm" and opt == "entropy" else LABELS[opt]
       lines.append(f"| {task} | {label} | {best[1]} | {text} |")
   return lines
+
+
+CHARLSTM_TARGET_BPC = 2.0
+"""The char-LSTM is big enough for the comparison when Adam takes it below this."""
+
+
+def charlstm_check(sources: Sequence[list[dict[str, Any]]]) -> list[str]:
+  """Whether Adam has taken the char-LSTM below ``CHARLSTM_TARGET_BPC`` on the whole text."""
+  budget = PAPER_BUDGET["charlstm"]
+  head = (f"**Is the char-LSTM big enough?** The comparison means something only if the model "
+          f"learns the text: Adam must take it below {CHARLSTM_TARGET_BPC} bits per character "
+          f"on the whole text within the paper's {budget} effective epochs. ")
+  for records in sources:
+    recs = [r for r in records if r["task"] == "charlstm" and r["optimizer"] == "adam"
+            and int(r["budget_eff_epochs"]) == budget
+            and (full_items("charlstm", r) or 0) <= int(r["train_items"]) and r["eff_epochs"]]
+    if len(recs) < 2:
+      continue
+    common = sorted(set.intersection(*(set(r["eff_epochs"]) for r in recs)))
+    if not common:
+      continue
+    means = {e: float(np.mean([r["metric"][r["eff_epochs"].index(e)] for r in recs]))
+             for e in common}
+    low = min(means, key=means.__getitem__)
+    below = [e for e in common if means[e] < CHARLSTM_TARGET_BPC]
+    answer = (f"**yes**: below {CHARLSTM_TARGET_BPC} from effective epoch {below[0]} on"
+              if below else f"**not yet** (measured to effective epoch {common[-1]})")
+    return [head + f"Adam's test bpc, mean over {len(recs)} seeds: {means[common[-1]]:.3f} at "
+            f"effective epoch {common[-1]} of {budget}, lowest {means[low]:.3f} (epoch {low}); "
+            f"{answer}."]
+  return [head + "Not measured yet: Adam's cell above has no evaluation on the whole text."]
 
 
 # --------------------------------------------------------------------------- tuning
@@ -372,6 +409,7 @@ def build(results: pathlib.Path = RESULTS,
             "Peace). A missing or partial cell resumes with its command; `reproduce.py` "
             "checkpoints a running cell after each evaluation.", ""]
   lines += paper_status([records for _, records in sources])
+  lines += [""] + charlstm_check([records for _, records in sources])
   lines += ["", "## The measurements", ""] + body
   return "\n".join(lines).rstrip() + "\n"
 

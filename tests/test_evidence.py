@@ -36,11 +36,13 @@ def test_verdicts_come_from_the_seeds_and_missing_cells_name_their_command(tmp_p
   assert "| Entropy-SGD (Lua) | SGD-Nesterov | 0 | 1 | 0 |" in text
   assert "| Entropy-SGD (Bocconi) | Adam | 1 | 0 | 0 |" in text
   assert "| mnistfc | SGD-Nesterov | complete (3 seeds) | - |" in text
-  assert "| lenet | Entropy-SGD (Lua) | partial: 40 of 80 effective epochs | `nohup python " \
-         "benchmarks/reproduce.py --preset paper --tasks lenet --optimizers entropy " in text
+  assert ("| lenet | Entropy-SGD (Lua) | partial: 40 of 80 effective epochs (there: 10.000 ± "
+          "0.000 test error %, 3 seeds) | `nohup python benchmarks/reproduce.py --preset paper "
+          "--tasks lenet --optimizers entropy ") in text
   assert "| mnistfc | SAM | missing | `nohup python benchmarks/reproduce.py --preset paper " \
          "--tasks mnistfc --optimizers sam" in text
   assert "--tasks charlstm --optimizers entropy --make-kjv" in text
+  assert "**Is the char-LSTM big enough?**" in text and "Not measured yet" in text
   # No protocol or flatness run in this folder: said so, with the command.
   assert "No protocol run recorded yet: `nohup python benchmarks/tune.py" in text
   assert "No equal-loss run recorded yet" in text
@@ -54,6 +56,25 @@ def test_a_smaller_budget_or_subset_is_reported_but_never_counts_as_the_papers(t
   assert "20 effective epochs (the paper's: 120), 10000 training images" in text
   assert "| mnistfc | SGD-Nesterov | missing |" in text
   assert "| Entropy-SGD (Lua) | SGD-Nesterov | 0 | 1 | 0 |" in text
+
+
+def test_the_char_lstm_check_says_when_adam_went_below_two_bits_per_character(tmp_path):
+  def lstm(seed, curve):
+    return {"task": "charlstm", "optimizer": "adam", "seed": seed, "budget_eff_epochs": 25,
+            "eff_epochs": list(range(1, len(curve) + 1)), "metric": curve, "complete": False,
+            "train_items": 74_481, "metric_name": "test bpc",
+            "data": "kjv.txt: 4137850 characters, 63 symbols"}
+
+  _write(tmp_path / "paper" / "reproduction.json",
+         [lstm(0, [2.3, 2.05, 1.99]), lstm(1, [2.3, 2.0, 2.0]), lstm(2, [2.2, 1.9])])
+  text = evidence.build(tmp_path)
+  # Epochs 1 and 2 are common to the seeds; their means are 2.267 and 1.983.
+  assert ("Adam's test bpc, mean over 3 seeds: 1.983 at effective epoch 2 of 25, lowest 1.983 "
+          "(epoch 2); **yes**: below 2.0 from effective epoch 2 on.") in text
+  assert "| charlstm | Adam | partial: 3 of 25 effective epochs (there: 1.995 ± 0.007 test bpc, " \
+         "2 seeds) |" in text
+  _write(tmp_path / "paper" / "reproduction.json", [lstm(0, [2.3, 2.1]), lstm(1, [2.2, 2.1])])
+  assert "**not yet** (measured to effective epoch 2)" in evidence.build(tmp_path)
 
 
 def test_flatness_verdicts_need_two_seeds_a_side(tmp_path):
@@ -85,3 +106,6 @@ def test_the_readme_and_the_verdicts_page_say_what_the_committed_results_measure
   assert adam and all(v["verdict"] != "win" for v in adam), adam
   hessian = [v for v in verdicts if v.get("measure") in ("top Hessian eigenvalue", "Hessian trace")]
   assert hessian and all(v["verdict"] != "win" for v in hessian), hessian
+  page = (evidence.HERE.parent / "docs" / "when.md").read_text()
+  if "below 2.0 bits per character on the whole text" in page:
+    assert "**yes**: below 2.0" in evidence.build(), "docs/when.md: the char-LSTM check says no"
