@@ -29,10 +29,11 @@ skipped. Runs on different cells may share ``<out>``: each save merges with
 the file under a lock, so neither drops the other's records. A running cell is
 checkpointed (Orbax) after every evaluation block under
 ``<out>/checkpoints/<task>-<optimizer>/``, so rerunning the same command resumes
-it from its last finished block; the checkpoint goes once the cell completes. ``<out>/reproduction.md`` and ``reproduction_<task>.png`` are
-rebuilt from the JSON (``--report-only`` rebuilds them alone;
-``--target-preset`` names the budgets whose missing cells the report lists,
-with the command that completes each).
+it from its last finished block; the checkpoint goes once the cell completes.
+``<out>/reproduction.md`` and ``reproduction_<task>.png`` are rebuilt from the
+JSON (``--report-only`` rebuilds them alone; ``--target-preset`` names the
+budgets whose missing cells the report lists, with the command that completes
+each).
 
     python benchmarks/reproduce.py --help
     python benchmarks/reproduce.py --quick --out /tmp/q            # smoke test
