@@ -66,6 +66,7 @@ if not __package__:  # run as `python benchmarks/flatness.py`: make the package 
 
 import benchmarks  # noqa: E402
 from benchmarks import datasets as data_lib  # noqa: E402
+from benchmarks import provenance  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
 DEFAULT_DATA_DIR = "/usr/share/datasets/fashion-mnist"
@@ -797,6 +798,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   command = shlex.join(["python", "benchmarks/flatness.py", *argv_list])
   invocation = {"command": command, "date": "", "elapsed_s": 0.0, "endpoints": 0}
   report["invocations"].append(invocation)
+  origin = provenance.provenance(
+      command, dataset="generated" if data["source"].startswith("generated") else "fashion_mnist",
+      dataset_fingerprint=provenance.fingerprint(data["x_train"], data["y_train"]))
   report.update(
       command=command, machine=machine(),
       data=data["source"], out=benchmarks.repo_relative(args.out), data_dir=args.data_dir,
@@ -825,6 +829,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"{run['train_seconds']:.1f} s", flush=True)
       run.update(measure(params, seed, config, data))
       run["wall_s"] = time.perf_counter() - start
+      run["provenance"] = origin
       report["runs"][key] = run
       invocation["endpoints"] += 1
       print(f"{key}: top eigenvalue {run['top_eigenvalues'][0]:.4g}, trace {run['trace']:.4g} ± "

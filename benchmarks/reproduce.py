@@ -81,6 +81,7 @@ if not __package__:
 
 from benchmarks import datasets as data_lib  # noqa: E402
 from benchmarks import models  # noqa: E402
+from benchmarks import provenance  # noqa: E402
 from benchmarks import stats as stats_lib  # noqa: E402
 from benchmarks.stats import verdict  # noqa: E402
 
@@ -180,6 +181,11 @@ class Task:
   """(params, model_state, arrays) -> the metric (test error %, or test bpc)."""
   init: Callable[[jax.Array], tuple[Any, Any]]
   loss: Callable[..., tuple[jax.Array, Any]]
+
+
+def task_fingerprint(task: Task) -> str:
+  """:func:`provenance.fingerprint` of every array a task trains and scores on."""
+  return provenance.fingerprint(*(np.asarray(task.arrays[k]) for k in sorted(task.arrays)))
 
 
 def _image_task(name: str, dataset: data_lib.Dataset, budget: Budget, quick: bool,
@@ -1173,6 +1179,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
       if task is None:
         continue
       unroll = resolve_unroll(args.unroll, name)
+      origin = provenance.provenance(command, dataset=task.source,
+                                     dataset_fingerprint=task_fingerprint(task))
       print(f"{name}: {task.source}; {task.n_items} training items; {budget.total} effective "
             f"epochs, {budget.seeds} seeds; budget {tag}; unroll {unroll}", flush=True)
       for opt in todo:
@@ -1183,7 +1191,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         def store(records: list[dict[str, Any]], name: str = name, opt: str = opt,
                   budget: Budget = budget, tag: str = tag) -> None:
           for record in records:
-            record.update(command=command, device=device, budget={
+            record.update(command=command, device=device, provenance=origin, budget={
                 "eff_epochs": budget.total, "train_size": budget.train_size, "quick": args.quick})
             key = record_key(name, opt, record["seed"], tag)
             runs["runs"][key] = record

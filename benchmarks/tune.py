@@ -65,6 +65,7 @@ if not __package__:  # run as `python benchmarks/tune.py`: make the package `ben
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from benchmarks import datasets as data_lib  # noqa: E402
+from benchmarks import provenance  # noqa: E402
 from benchmarks import reproduce  # noqa: E402
 from benchmarks.stats import verdict  # noqa: E402
 from benchmarks.stats import welch  # noqa: E402
@@ -767,6 +768,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         raise SystemExit(f"{out / 'tuning.json'} holds {group} on other data ({meta.get('data')}); "
                          "use another --out for this data")
       sets = split_data(dataset, settings)
+      origin = provenance.provenance(
+          command, dataset="generated" if dataset.source.startswith("generated") else args.dataset,
+          dataset_fingerprint=provenance.fingerprint(dataset.x_train, dataset.y_train,
+                                                     dataset.x_test, dataset.y_test))
       unroll = args.unroll == "yes" or (args.unroll == "auto" and name == "lenet"
                                         and jax.default_backend() == "cpu")
       runners: dict[tuple[str, Any], Runner] = {}
@@ -810,7 +815,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
               "train_set": train_set, "eval_set": eval_set, "eval_items": int(len(y_eval)),
               "eval_fingerprint": fingerprint(x_eval, y_eval), "unroll": unroll,
               "batch_size": task.batch_size, "command": command, "device": device,
-              "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "provenance": origin,
           }
           db["cells"][cell_key(group, phase, opt, index)] = record
           cells_run += 1

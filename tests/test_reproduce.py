@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from benchmarks import datasets as data_lib
+from benchmarks import provenance
 from benchmarks import reproduce
 
 
@@ -132,6 +133,9 @@ def test_quick_run_of_sam_and_entropy_sgd_writes_json_report_and_plot_then_resum
   assert set(runs) == {f"mnistfc/{o}/{s}@{QUICK.format(512)}" for o in ("sam", "entropy")
                        for s in range(3)}
   assert all(r["complete"] and np.all(np.isfinite(r["metric"])) for r in runs.values())
+  origins = [r["provenance"] for r in runs.values()]
+  assert all(set(provenance.FIELDS) <= set(o) and o["jax"] == jax.__version__ for o in origins)
+  assert len({o["dataset_fingerprint"] for o in origins}) == 1
   report = (out / "reproduction.md").read_text()
   assert "Entropy-SGD (Lua) vs SAM" in report and "- SAM: complete (3 seeds)" in report
   assert ("- Adam: missing: `nohup python benchmarks/reproduce.py --quick --tasks mnistfc "

@@ -3,11 +3,13 @@ validation carved from the training images and never the test set, resumption, t
 
 import hashlib
 import json
+import subprocess
 
 import numpy as np
 import pytest
 
 from benchmarks import datasets as data_lib
+from benchmarks import provenance
 from benchmarks import tune
 
 
@@ -67,6 +69,12 @@ def test_quick_protocol_resumes_keeps_validation_apart_and_states_the_protocol(t
   # Equal budgets: the same gradient evaluations for every optimizer within a phase.
   assert len({c["gradient_evaluations"] for c in cells.values() if c["phase"] == "search"}) == 1
   assert all(np.isfinite(c["metric"]) for c in cells.values())
+  # Every record says which code, versions, machine and data made it.
+  head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+  assert {c["provenance"]["commit"] for c in cells.values()} == {head}
+  assert all(set(provenance.FIELDS) <= set(c["provenance"]) for c in cells.values())
+  assert {c["provenance"]["dataset_fingerprint"] for c in cells.values()} == {
+      provenance.fingerprint(*data_lib.load_idx_folder(data)[:4])}
   for opt in tune.OPTIMIZERS:
     vals = {c["config_index"]: c["metric"] for c in by("search", opt)}
     assert {c["config_index"] for c in by("final", opt)} == {min(vals, key=lambda i: (vals[i], i))}
