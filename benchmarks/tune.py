@@ -51,7 +51,7 @@ import shlex
 import subprocess
 import sys
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -372,8 +372,10 @@ class Runner:
   """
 
   def __init__(self, task: reproduce.Task, optimizer: str, structure: tuple[tuple[str, Any], ...],
-               epochs: int, unroll: bool):
+               epochs: int, unroll: bool, tx_factory: Optional[Callable[..., Any]] = None):
     self.structure = dict(structure)
+    self.tx_factory = tx_factory or make_tx
+    """(task name, optimizer, config, steps, seed, unroll) -> the transform."""
     task = dataclasses.replace(task, inner_steps=self.structure.get("L", 1))
     self.task, self.optimizer, self.epochs, self.unroll = task, optimizer, epochs, unroll
     self.calls, self.per_call = reproduce.cell_shape(task, optimizer)
@@ -421,13 +423,15 @@ class Runner:
 
   def tx(self, knobs: dict[str, Any], seed: int) -> Any:
     """The transform; the seed only sets Entropy-SGD's noise key in its state."""
-    return make_tx(self.task.name, self.optimizer, {**self.structure, **knobs},
-                   self.calls * self.epochs, seed, self.unroll)
+    return self.tx_factory(self.task.name, self.optimizer, {**self.structure, **knobs},
+                           self.calls * self.epochs, seed, self.unroll)
 
-  def run(self, task: reproduce.Task, knobs: dict[str, float], seed: int) -> dict[str, Any]:
+  def run(self, task: reproduce.Task, knobs: dict[str, float], seed: int,
+          on_epoch: Optional[Callable[[int, Any, Any], None]] = None) -> dict[str, Any]:
     """Trains one seed on ``task``'s data for the budget; the final metric and the loss per
     effective epoch. ``task`` has the training-set size this runner was built for; only its
-    training arrays reach the compiled program, so phases of equal sizes share it."""
+    training arrays reach the compiled program, so phases of equal sizes share it.
+    ``on_epoch(epochs done, params, model_state)`` is called after every effective epoch."""
     assert (task.n_items, task.batch_size) == (self.task.n_items, self.task.batch_size)
     start = time.time()
     train_arrays = {k: v for k, v in task.arrays.items() if k in TRAIN_ARRAYS}
@@ -452,6 +456,8 @@ class Runner:
             params, opt_state, model_state, idx, keys, train_arrays, traced)
         total = float(loss)
       losses.append(total / self.calls)
+      if on_epoch is not None:
+        on_epoch(epoch + 1, params, model_state)
     metric = float(_evaluate(task)(params, model_state, task.arrays))
     return {"metric": metric, "train_loss": losses, "seconds": round(time.time() - start, 1)}
 

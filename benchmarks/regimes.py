@@ -1,0 +1,581 @@
+"""The regime map: is there a regime where local entropy beats SGD-Nesterov, Adam and SAM?
+
+Flat-minimum methods are reported to help most away from the paper's setting:
+with noisy labels, little data, or large batches. This script measures
+mnistfc (the paper's 784-1024-1024-10 MLP) on Fashion-MNIST along three axes,
+each optimizer tuned alike (``PROTOCOL`` states it; the report repeats it):
+
+* symmetric label noise of 0, 20 and 40% on the training labels (validation
+  and test labels stay clean);
+* training sets of 2,560, 10,240 and 50,000 images;
+* minibatches of 128 and 2048 at equal epochs.
+
+Optimizers: SGD-Nesterov, Adam, SAM (rho tuned), and Entropy-SGD in two
+recipes, each counted as its own optimizer: the authors' Lua recipe and
+Pittorino et al.'s (``bocconi``), both with the outer rate, gamma0 and the
+final gamma tuned. Every record carries its regime (``label_noise``,
+``train_size``, ``batch_size``) and its provenance (:mod:`benchmarks.provenance`);
+the final runs of a regime are judged only against final runs of the same
+machine, commit and jax (a regime's final runs on another machine start anew).
+
+Every finished run is written to ``<out>/regimes.json`` at once and the
+report ``<out>/regimes.md`` rebuilt; the same command resumes::
+
+    python -m benchmarks.regimes --quick --out /tmp/r          # smoke test, a minute
+    python -m benchmarks.regimes --time-limit 9000              # the map, resumable
+    python -m benchmarks.regimes --regimes noise40 --phase search
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import pathlib
+import shlex
+import sys
+import time
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from benchmarks import datasets as data_lib
+from benchmarks import provenance
+from benchmarks import reproduce
+from benchmarks import stats
+from benchmarks import tune
+from entropy_optax import recipes
+
+HERE = pathlib.Path(__file__).resolve().parent
+TASK = "mnistfc"
+
+
+@dataclasses.dataclass(frozen=True)
+class Regime:
+  """One cell of the map: where the training data and the minibatches differ from the paper's."""
+
+  label_noise: float
+  """Fraction of training labels replaced by a uniformly drawn other class."""
+  train_size: int
+  """Training images (the first of the non-validation images)."""
+  batch_size: int
+
+
+REGIMES = {
+    "base": Regime(0.0, 50_000, 128),
+    "noise20": Regime(0.2, 50_000, 128),
+    "noise40": Regime(0.4, 50_000, 128),
+    "size2k": Regime(0.0, 2_560, 128),
+    "size10k": Regime(0.0, 10_240, 128),
+    "batch2048": Regime(0.0, 50_000, 2048),
+}
+ORDER = ("size2k", "noise40", "base", "noise20", "size10k", "batch2048")
+"""The order the map runs in: the cheapest cell first, then the label-noise axis."""
+AXES = {"label noise %": ("base", "noise20", "noise40"),
+        "training images": ("size2k", "size10k", "base"),
+        "batch size": ("base", "batch2048")}
+
+OPTIMIZERS = ("sgd", "adam", "sam", "lua", "bocconi")
+LABELS = {"sgd": "SGD-Nesterov", "adam": "Adam", "sam": "SAM", "lua": "Entropy-SGD (Lua)",
+          "bocconi": "Entropy-SGD (Bocconi)"}
+ENTROPY = ("lua", "bocconi")
+INNER_STEPS = {"lua": 20, "bocconi": 5}
+# Knobs per optimizer: name -> (published value, low, high), drawn log-uniformly. Learning rates
+# (Entropy-SGD: its Langevin step) are multiplied by sqrt(batch / 128) (BATCH_SCALING).
+# gamma_ratio is gamma_final / gamma0: the scope grows geometrically from gamma0 to gamma0 *
+# gamma_ratio over the run. The Lua recipe's published scoping 1e-4 (1 + 1e-3)^t grows gamma by
+# 2.2x over the 780 outer steps of 40 effective epochs on 50,000 images: its configuration 0
+# uses 2.
+SPACES: dict[str, dict[str, tuple[float, float, float]]] = {
+    "sgd": {"lr": (0.1, 0.01, 0.5)},
+    "adam": {"lr": (1e-3, 1e-4, 1e-2)},
+    "sam": {"lr": (0.1, 0.01, 0.5), "rho": (0.05, 0.01, 0.5)},
+    "lua": {"lr": (1.0, 0.1, 3.0), "gamma0": (1e-4, 1e-4, 1.0), "gamma_ratio": (2.0, 1.5, 100.0)},
+    "bocconi": {"lr": (0.1, 0.02, 0.15), "gamma0": (0.5, 0.1, 1.0),
+                "gamma_ratio": (10.0, 1.5, 100.0)},
+}
+SCALED = {"sgd": "lr", "adam": "lr", "sam": "lr"}
+"""The knob that the batch scaling multiplies (Entropy-SGD: its fixed Langevin step instead)."""
+LANGEVIN_LR = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+  """Sizes of one map (the quick one shrinks every regime for a smoke test)."""
+
+  effective_epochs: int = 40
+  val_size: int = 10_000
+  search_size: int = 10_240
+  """The search trains on the regime's first max(search_size, 20 batches) training images."""
+  configs: int = 4
+  search_seeds: int = 2
+  seeds: int = 3
+  eval_every: int = 4
+  quick: bool = False
+
+
+PRESETS = {
+    "cpu": Preset(),
+    "quick": Preset(effective_epochs=2, val_size=128, search_size=256, configs=2, search_seeds=2,
+                    seeds=2, eval_every=1, quick=True),
+}
+QUICK_SIZES = {"size2k": 160, "size10k": 320, "base": 640, "noise20": 640, "noise40": 640,
+               "batch2048": 640}
+QUICK_BATCH = {128: 16, 2048: 64}
+
+PROTOCOL = """\
+**Protocol.** Fashion-MNIST, the paper's mnistfc MLP (784-1024-1024-10, BatchNorm, dropout).
+(1) The last {val} training images are a clean validation set; a regime's training set is the
+first N of the other images, and its label noise replaces the labels of exactly
+round(rate x N) of them, drawn once (seed 0), by a uniformly drawn other class: every
+optimizer and seed sees the same noisy labels. The test set is clean and is read only by the
+final runs. (2) Every optimizer gets **{configs}** configurations: configuration 0 its published
+setting, 1..{last} a Latin hypercube over its knobs' log-ranges (`tune.py`'s construction). Each
+configuration trains {search_seeds} seeds (seeds {search_seed_list}) for {epochs} effective epochs
+(gradient evaluations / minibatches per pass: SAM pays 2 per step, Entropy-SGD L per outer step)
+on the regime's first max({search}, 20 batches) training images, its noisy labels included; the
+lowest mean final validation error picks it (ties: the lower index). (3) The chosen
+configuration trains {seeds} seeds (1..{seeds}) on the whole training set of the regime for the
+same budget; validation and test error are measured every {every} effective epochs. Reported:
+the **final** test error, and the **best-on-validation** test error (the test error at the
+evaluation with the lowest validation error: what early stopping would give). (4) Verdicts: {rule};
+only between final runs of one machine, commit and jax. Knob ranges: SGD-Nesterov lr {sgd}; Adam lr
+{adam}; SAM lr {sam_lr}, rho {sam_rho}; Entropy-SGD (Lua, L 20) outer rate {lua_lr}, gamma0
+{lua_g0}, gamma_final / gamma0 {lua_ratio}; Entropy-SGD (Bocconi, L 5) outer rate {boc_lr},
+gamma0 {boc_g0}, gamma_final / gamma0 {boc_ratio}. Schedules: SGD and SAM x0.2 at 25% and 50% of the
+run; Adam and Bocconi constant; Lua x0.1 at 1/3; the scope grows geometrically from gamma0 to
+gamma_final. Batch 2048: every learning rate (Entropy-SGD: its Langevin step, {langevin} at batch
+128) is multiplied by sqrt(2048 / 128) = 4, the square-root rule (Krizhevsky 2014, "One weird
+trick", arXiv:1404.5997; Hoffer et al. 2017, arXiv:1705.08741, for SGD; Malladi et al. 2022,
+arXiv:2205.10287, for Adam).
+"""
+
+
+# --------------------------------------------------------------------------- configurations
+
+
+def batch_scale(batch_size: int) -> float:
+  """The square-root rule's learning-rate factor at ``batch_size`` (1 at the paper's 128)."""
+  return math.sqrt(batch_size / 128)
+
+
+def search_configs(optimizer: str, count: int, *, search_seed: int = 0) -> list[dict[str, float]]:
+  """The ``count`` configurations of ``optimizer``: the published one, then a Latin hypercube.
+
+  Examples:
+    >>> [len(search_configs(o, 4)) for o in OPTIMIZERS]
+    [4, 4, 4, 4, 4]
+    >>> search_configs("bocconi", 4)[0]
+    {'lr': 0.1, 'gamma0': 0.5, 'gamma_ratio': 10.0}
+  """
+  space = SPACES[optimizer]
+  rng = np.random.default_rng([search_seed, 100 + OPTIMIZERS.index(optimizer)])
+  configs = [{k: v[0] for k, v in space.items()}]
+  for u in tune._strata(rng, count, [tune._unit(*v) for v in space.values()]):
+    configs.append({k: tune._log(ui, lo, hi)
+                    for ui, (k, (_, lo, hi)) in zip(u, space.items(), strict=True)})
+  return configs
+
+
+def make_tx(task: str, optimizer: str, config: dict[str, Any], steps: int, seed: int,
+            unroll: bool) -> Any:
+  """The transform of ``optimizer`` at ``config`` for ``steps`` of its steps (traced knobs)."""
+  del task
+  at = lambda fraction: max(1, int(round(fraction * steps)))
+  scaled = lambda value, shape: (lambda count: value * shape(count))
+  scale = config["batch_scale"]
+  if optimizer in ("sgd", "sam"):
+    shape = optax.piecewise_constant_schedule(1.0, {at(f): 0.2 for f in tune.SGD_DROPS})
+    sgd = optax.sgd(scaled(config["lr"] * scale, shape), momentum=0.9, nesterov=True)
+    if optimizer == "sgd":
+      return sgd
+    adv = optax.chain(optax.contrib.normalize(), optax.sgd(config["rho"]))
+    return optax.contrib.sam(sgd, adv, opaque_mode=True)
+  if optimizer == "adam":
+    return optax.adam(config["lr"] * scale)
+  g0, ratio = config["gamma0"], config["gamma_ratio"]
+  gamma = lambda count: g0 * jnp.power(ratio, jnp.minimum(count, steps) / steps)
+  common = dict(inner_steps=config["L"], key=seed, unroll=unroll, gamma=gamma,
+                langevin_lr=LANGEVIN_LR * scale)
+  if optimizer == "bocconi":
+    return recipes.bocconi(steps, learning_rate=config["lr"], **common)
+  lr = scaled(config["lr"], optax.piecewise_constant_schedule(1.0, {at(1 / 3): 0.1}))
+  return recipes.lua(max(1, steps), task=TASK, learning_rate=lr, **common)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def noisy_labels(y: np.ndarray, rate: float, seed: int = 0, classes: int = 10) -> np.ndarray:
+  """``y`` with exactly ``round(rate * len(y))`` labels replaced by a uniformly drawn other class.
+
+  Examples:
+    >>> y = np.arange(1000) % 10
+    >>> z = noisy_labels(y, 0.2)
+    >>> int((z != y).sum()), bool(((z >= 0) & (z < 10)).all())
+    (200, True)
+  """
+  rng = np.random.default_rng(seed)
+  flip = rng.permutation(len(y))[: int(round(rate * len(y)))]
+  out = np.array(y, copy=True)
+  out[flip] = (out[flip] + rng.integers(1, classes, len(flip))) % classes
+  return out
+
+
+def regime_sizes(name: str, preset: Preset) -> tuple[int, int]:
+  """(training images, batch size) of a regime under a preset."""
+  regime = REGIMES[name]
+  if preset.quick:
+    return QUICK_SIZES[name], QUICK_BATCH[regime.batch_size]
+  return regime.train_size, regime.batch_size
+
+
+def regime_data(dataset: data_lib.Dataset, name: str, preset: Preset) -> dict[str, Any]:
+  """The regime's sets: ``train`` (noisy labels), ``search`` (its first images), ``val``, ``test``."""
+  n = len(dataset.y_train)
+  pool = n - preset.val_size
+  size, batch = regime_sizes(name, preset)
+  if size > pool:
+    raise ValueError(f"regime {name} needs {size} training images; {pool} are not validation")
+  y = noisy_labels(dataset.y_train[:size], REGIMES[name].label_noise)
+  x = dataset.x_train[:size]
+  search = min(size, max(preset.search_size, 20 * batch))
+  return {"train": (x, y), "search": (x[:search], y[:search]),
+          "val": (dataset.x_train[pool:], dataset.y_train[pool:]),
+          "test": (dataset.x_test, dataset.y_test), "batch_size": batch,
+          "fingerprint": provenance.fingerprint(x, y, dataset.x_train[pool:],
+                                                dataset.y_train[pool:], dataset.x_test,
+                                                dataset.y_test)}
+
+
+def make_task(train: tuple[np.ndarray, np.ndarray], score: tuple[np.ndarray, np.ndarray],
+              batch_size: int, quick: bool) -> reproduce.Task:
+  """reproduce.py's mnistfc on ``train``, scoring ``score``, at ``batch_size``."""
+  dataset = data_lib.Dataset(train[0], train[1], score[0], score[1], source="")
+  task = reproduce._image_task(TASK, dataset, reproduce.Budget(1, 1, 0), quick, 0)
+  return dataclasses.replace(task, batch_size=batch_size)
+
+
+# --------------------------------------------------------------------------- bookkeeping
+
+
+def origin_tag(origin: dict[str, Any]) -> str:
+  """A short name for the machine, commit and jax of a run: final runs are judged within one."""
+  label = f"{provenance.machine_label(origin)}|{origin['commit']}|{origin['jax']}"
+  return hashlib.sha1(label.encode()).hexdigest()[:8]
+
+
+def inner_steps(optimizer: str, preset: Preset) -> int:
+  """L of an Entropy-SGD recipe (2 in the quick preset: its tiny sets have few minibatches)."""
+  return 2 if preset.quick else INNER_STEPS[optimizer]
+
+
+def search_key(regime: str, optimizer: str, config: int, seed: int) -> str:
+  return f"{regime}/search/{optimizer}/config{config}/seed{seed}"
+
+
+def final_key(regime: str, origin: str, optimizer: str, seed: int) -> str:
+  return f"{regime}/final/{origin}/{optimizer}/seed{seed}"
+
+
+def search_seeds(preset: Preset) -> list[int]:
+  return [100 + s for s in range(preset.search_seeds)]
+
+
+def chosen(db: dict[str, Any], regime: str, optimizer: str, preset: Preset) -> Optional[int]:
+  """The configuration with the lowest mean validation error, once every search run is done."""
+  means = []
+  for i in range(preset.configs):
+    cells = [db["cells"].get(search_key(regime, optimizer, i, s)) for s in search_seeds(preset)]
+    if any(c is None for c in cells):
+      return None
+    errors = [c["metric"] for c in cells]
+    means.append(float(np.mean(errors)) if all(math.isfinite(e) for e in errors) else math.inf)
+  return int(np.argmin(means))
+
+
+# --------------------------------------------------------------------------- report
+
+
+def final_cells(db: dict[str, Any], regime: str) -> tuple[Optional[str], dict[str, list[dict]]]:
+  """The final runs of ``regime`` from the origin with the most of them, by optimizer."""
+  by_origin: dict[str, dict[str, list[dict]]] = {}
+  for key, cell in db["cells"].items():
+    parts = key.split("/")
+    if parts[0] == regime and parts[1] == "final":
+      by_origin.setdefault(parts[2], {}).setdefault(parts[3], []).append(cell)
+  if not by_origin:
+    return None, {}
+  best = max(by_origin, key=lambda o: (sum(map(len, by_origin[o].values())), o))
+  return best, {o: sorted(c, key=lambda c: c["seed"]) for o, c in by_origin[best].items()}
+
+
+def _mean_std(values: Sequence[float]) -> str:
+  a = np.asarray(values, np.float64)
+  return f"{a.mean():.2f} ± {a.std(ddof=1) if len(a) > 1 else 0.0:.2f}"
+
+
+def regime_summary(db: dict[str, Any], regime: str, preset: Preset) -> dict[str, Any]:
+  """Per optimizer: final and best-on-validation test errors; per Entropy-SGD recipe and
+  baseline: the verdicts (only when every seed of both is in)."""
+  origin, cells = final_cells(db, regime)
+  rows: dict[str, dict[str, Any]] = {}
+  for opt in OPTIMIZERS:
+    runs = [c for c in cells.get(opt, [])]
+    rows[opt] = {"final": [c["final_test"] for c in runs],
+                 "best_val": [c["best_val_test"] for c in runs], "seeds": len(runs),
+                 "config": runs[0]["config"] if runs else None}
+  verdicts = []
+  for e in ENTROPY:
+    for b in ("sgd", "adam", "sam"):
+      for metric in ("final", "best_val"):
+        a, c = rows[e][metric], rows[b][metric]
+        done = len(a) == preset.seeds and len(c) == preset.seeds
+        verdicts.append({"regime": regime, "entropy": e, "baseline": b, "metric": metric,
+                         "verdict": stats.verdict(a, c) if done else "missing",
+                         "p": stats.welch(a, c)[1] if done else math.nan})
+  return {"origin": origin, "rows": rows, "verdicts": verdicts}
+
+
+def write_report(out: pathlib.Path, db: dict[str, Any], preset: Preset, command: str) -> str:
+  """Rebuilds ``regimes.md`` from ``regimes.json``."""
+  rng = lambda opt, k: f"[{SPACES[opt][k][1]:g}, {SPACES[opt][k][2]:g}]"
+  lines = ["# The regime map: label noise, training size, batch size", "",
+           "Generated by `benchmarks/regimes.py` from `regimes.json`.", "",
+           PROTOCOL.format(
+               val=preset.val_size, configs=preset.configs, last=preset.configs - 1,
+               search_seeds=preset.search_seeds,
+               search_seed_list=", ".join(map(str, search_seeds(preset))),
+               epochs=preset.effective_epochs, search=preset.search_size, seeds=preset.seeds,
+               every=preset.eval_every, rule=stats.RULE, sgd=rng("sgd", "lr"),
+               adam=rng("adam", "lr"), sam_lr=rng("sam", "lr"), sam_rho=rng("sam", "rho"),
+               lua_lr=rng("lua", "lr"), lua_g0=rng("lua", "gamma0"),
+               lua_ratio=rng("lua", "gamma_ratio"), boc_lr=rng("bocconi", "lr"),
+               boc_g0=rng("bocconi", "gamma0"), boc_ratio=rng("bocconi", "gamma_ratio"),
+               langevin=LANGEVIN_LR)]
+  missing = []
+  for name in ORDER:
+    regime = REGIMES[name]
+    size, batch = regime_sizes(name, preset)
+    summary = regime_summary(db, name, preset)
+    lines += [f"## {name}: label noise {regime.label_noise:.0%}, {size} training images, "
+              f"batch {batch}", ""]
+    if summary["origin"] is None:
+      lines += ["No final runs yet.", ""]
+    else:
+      some = next(c for cs in final_cells(db, name)[1].values() for c in cs)
+      lines += [f"Final runs on {provenance.machine_label(some['provenance'])}, commit "
+                f"`{some['provenance']['commit'][:10]}`, jax {some['provenance']['jax']}.", "",
+                "| optimizer | chosen configuration | seeds | final test error % "
+                "| best-on-validation test error % |", "|---|---|---|---|---|"]
+      for opt in OPTIMIZERS:
+        row = summary["rows"][opt]
+        if not row["seeds"]:
+          continue
+        config = tune.describe(row["config"])
+        lines.append(f"| {LABELS[opt]} | {config} | {row['seeds']} | {_mean_std(row['final'])} "
+                     f"| {_mean_std(row['best_val'])} |")
+      lines += ["", "| Entropy-SGD recipe vs | final | p | best-on-validation | p |",
+                "|---|---|---|---|---|"]
+      for e in ENTROPY:
+        for b in ("sgd", "adam", "sam"):
+          v = {x["metric"]: x for x in summary["verdicts"] if x["entropy"] == e
+               and x["baseline"] == b}
+          lines.append(f"| {LABELS[e]} vs {LABELS[b]} | {v['final']['verdict']} | "
+                       f"{v['final']['p']:.3g} | {v['best_val']['verdict']} | "
+                       f"{v['best_val']['p']:.3g} |")
+      lines.append("")
+    for opt in OPTIMIZERS:
+      searched = sum(search_key(name, opt, i, s) in db["cells"] for i in range(preset.configs)
+                     for s in search_seeds(preset))
+      finals = summary["rows"][opt]["seeds"]
+      if searched < preset.configs * preset.search_seeds or finals < preset.seeds:
+        missing.append(f"- {name} {LABELS[opt]}: search {searched} of "
+                       f"{preset.configs * preset.search_seeds}, final {finals} of "
+                       f"{preset.seeds}; complete with `{complete_command(command, name, opt)}`")
+  lines += ["## Missing", ""] + (missing or ["None: every cell is measured."]) + [""]
+  text = "\n".join(lines)
+  (out / "regimes.md").write_text(text)
+  return text
+
+
+def complete_command(command: str, regime: str, optimizer: str) -> str:
+  argv = tune._strip(shlex.split(command)[3:], ("--regimes", "--optimizers", "--time-limit"))
+  return shlex.join(["python", "-m", "benchmarks.regimes", *argv, "--regimes", regime,
+                     "--optimizers", optimizer])
+
+
+# --------------------------------------------------------------------------- running
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--quick", action="store_true", help="a tiny map for a smoke test")
+  parser.add_argument("--regimes", default=",".join(ORDER), help="comma-separated regimes")
+  parser.add_argument("--optimizers", default=",".join(OPTIMIZERS))
+  parser.add_argument("--phase", choices=("search", "final", "both"), default="both")
+  parser.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX folder (default: "
+                      "Debian's dataset-fashion-mnist)")
+  parser.add_argument("--time-limit", type=float, default=None,
+                      help="seconds; then no new run starts")
+  parser.add_argument("--out", default=str(HERE / "results"))
+  parser.add_argument("--report-only", action="store_true")
+  args = parser.parse_args(argv)
+  args.regimes = [r for r in args.regimes.split(",") if r]
+  args.optimizers = [o for o in args.optimizers.split(",") if o]
+  for given, known, flag in ((args.regimes, REGIMES, "--regimes"),
+                             (args.optimizers, OPTIMIZERS, "--optimizers")):
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+      parser.error(f"{flag} takes names from {','.join(known)}, got {','.join(unknown)}")
+  return args
+
+
+class Map:
+  """The runs of one invocation: data, compiled runners, and the database they fill."""
+
+  def __init__(self, args: argparse.Namespace, command: str):
+    self.args, self.command = args, command
+    self.preset = PRESETS["quick" if args.quick else "cpu"]
+    self.out = pathlib.Path(args.out)
+    self.out.mkdir(parents=True, exist_ok=True)
+    self.path = self.out / "regimes.json"
+    self.db = json.loads(self.path.read_text()) if self.path.exists() else {}
+    self.db.setdefault("cells", {})
+    self.db.setdefault("sessions", [])
+    self.runners: dict[tuple[Any, ...], tune.Runner] = {}
+    self.runs = 0
+
+  def save(self) -> None:
+    tmp = self.path.with_suffix(f".json.{id(self)}.tmp")
+    tmp.write_text(json.dumps(self.db, indent=1))
+    tmp.replace(self.path)
+    write_report(self.out, self.db, self.preset, self.command)
+
+  def runner(self, task: reproduce.Task, optimizer: str) -> tune.Runner:
+    structure = (("L", inner_steps(optimizer, self.preset)),) if optimizer in ENTROPY else ()
+    shape = (optimizer, task.n_items, task.batch_size)
+    if shape not in self.runners:
+      kind = "entropy" if optimizer in ENTROPY else optimizer
+      runner = tune.Runner(task, kind, structure, self.preset.effective_epochs, False,
+                           tx_factory=lambda t, o, c, s, seed, u, opt=optimizer: make_tx(
+                               t, opt, c, s, seed, u))
+      self.runners[shape] = runner
+    return self.runners[shape]
+
+  def train(self, task: reproduce.Task, optimizer: str, config: dict[str, float], seed: int,
+            scale: float, evaluate: Optional[dict[str, reproduce.Task]] = None
+            ) -> dict[str, Any]:
+    runner = self.runner(task, optimizer)
+    curves: dict[str, list[float]] = {"eff_epochs": [], **{k: [] for k in evaluate or {}}}
+
+    def on_epoch(done: int, params: Any, model_state: Any) -> None:
+      if evaluate and (done % self.preset.eval_every == 0 or done == runner.epochs):
+        curves["eff_epochs"].append(done)
+        for name, t in evaluate.items():
+          curves[name].append(float(tune._evaluate(t)(params, model_state, t.arrays)))
+
+    result = runner.run(task, {**config, "batch_scale": scale}, seed, on_epoch)
+    result.update(curves=curves, gradient_evaluations=runner.gradient_evaluations)
+    return result
+
+  def record(self, key: str, name: str, phase: str, optimizer: str, config_index: int,
+             config: dict[str, float], seed: int, result: dict[str, Any], task: reproduce.Task,
+             origin: dict[str, Any], extra: dict[str, Any]) -> None:
+    regime = REGIMES[name]
+    self.db["cells"][key] = {
+        "regime": name, "label_noise": regime.label_noise, "train_size": task.n_items,
+        "batch_size": task.batch_size, "phase": phase, "optimizer": optimizer,
+        "config_index": config_index, "config": config, "seed": seed,
+        "metric": result["metric"], "train_loss": result["train_loss"],
+        "effective_epochs": self.preset.effective_epochs,
+        "gradient_evaluations": result["gradient_evaluations"], "seconds": result["seconds"],
+        "provenance": origin, **extra}
+    self.runs += 1
+    self.save()
+
+  def run_regime(self, name: str, dataset: data_lib.Dataset, deadline: float) -> None:
+    preset, args = self.preset, self.args
+    sets = regime_data(dataset, name, preset)
+    scale = batch_scale(REGIMES[name].batch_size)
+    origin = provenance.provenance(self.command, dataset="generated" if dataset.source.startswith(
+        "generated") else "fashion_mnist", dataset_fingerprint=sets["fingerprint"])
+    tag = origin_tag(origin)
+    configs = {o: search_configs(o, preset.configs) for o in OPTIMIZERS}
+    if args.phase in ("search", "both"):
+      task = make_task(sets["search"], sets["val"], sets["batch_size"], preset.quick)
+      for i in range(preset.configs):
+        for opt in args.optimizers:
+          for seed in search_seeds(preset):
+            key = search_key(name, opt, i, seed)
+            if key in self.db["cells"] or time.time() > deadline:
+              continue
+            result = self.train(task, opt, configs[opt][i], seed, scale)
+            self.record(key, name, "search", opt, i, configs[opt][i], seed, result, task,
+                        origin, {"scored_on": "validation"})
+            print(f"  {name} search {LABELS[opt]:22s} #{i} seed {seed}: val error "
+                  f"{result['metric']:.2f}% ({result['seconds']:.0f} s)", flush=True)
+    if args.phase in ("final", "both"):
+      task = make_task(sets["train"], sets["test"], sets["batch_size"], preset.quick)
+      evaluate = {"val": make_task(sets["train"], sets["val"], sets["batch_size"], preset.quick),
+                  "test": task}
+      for seed in range(1, preset.seeds + 1):
+        for opt in args.optimizers:
+          key = final_key(name, tag, opt, seed)
+          index = chosen(self.db, name, opt, preset)
+          if key in self.db["cells"] or index is None or time.time() > deadline:
+            continue
+          result = self.train(task, opt, configs[opt][index], seed, scale, evaluate)
+          curves = result["curves"]
+          best = int(np.argmin(curves["val"]))
+          self.record(key, name, "final", opt, index, configs[opt][index], seed, result, task,
+                      origin, {"scored_on": "test", "origin": tag, "curves": curves,
+                               "final_test": curves["test"][-1],
+                               "best_val_test": curves["test"][best],
+                               "best_val_eff_epoch": curves["eff_epochs"][best]})
+          print(f"  {name} final {LABELS[opt]:22s} seed {seed}: test error "
+                f"{curves['test'][-1]:.2f}% (best-on-validation {curves['test'][best]:.2f}% at "
+                f"{curves['eff_epochs'][best]}; {result['seconds']:.0f} s)", flush=True)
+
+
+def load_data(args: argparse.Namespace) -> Optional[data_lib.Dataset]:
+  if args.quick and not data_lib.has_idx_files(args.data_dir):
+    return data_lib.synthetic_dataset(n_train=1024, n_test=256)
+  dataset = data_lib.load_dataset("fashion_mnist", args.data_dir, download=False)
+  if dataset.source.startswith("generated"):
+    print(f"no data: {dataset.source}", flush=True)
+    return None
+  return dataset
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+  """Runs the missing runs of the chosen regimes, saving after each; returns the database."""
+  args = parse_args(argv)
+  argv = list(sys.argv[1:] if argv is None else argv)
+  start = time.time()
+  deadline = math.inf if args.time_limit is None else start + args.time_limit
+  command = shlex.join(["python", "-m", "benchmarks.regimes", *argv])
+  the_map = Map(args, command)
+  if not args.report_only:
+    dataset = load_data(args)
+    if dataset is not None:
+      print(f"jax {jax.__version__}; {provenance.cpu_model()}; out {the_map.out}", flush=True)
+      for name in args.regimes:
+        if time.time() > deadline:
+          print(f"time limit: regime {name} not started", flush=True)
+          break
+        the_map.run_regime(name, dataset, deadline)
+    the_map.db["sessions"].append({"command": command, "runs": the_map.runs,
+                                   "wall_seconds": round(time.time() - start, 1),
+                                   "provenance": provenance.provenance(command)})
+  the_map.save()
+  return the_map.db
+
+
+if __name__ == "__main__":
+  main()
