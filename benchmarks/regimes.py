@@ -182,6 +182,16 @@ def search_configs(optimizer: str, count: int, *, search_seed: int = 0) -> list[
   return configs
 
 
+def scope(gamma0: Any, ratio: Any, steps: int) -> optax.Schedule:
+  """gamma0 ratio^(t / steps) for outer step t, held at gamma0 ratio after ``steps``.
+
+  Examples:
+    >>> [round(float(scope(0.5, 16.0, 4)(t)), 4) for t in (0, 2, 4, 9)]
+    [0.5, 2.0, 8.0, 8.0]
+  """
+  return lambda count: gamma0 * jnp.power(ratio, jnp.minimum(count, steps) / steps)
+
+
 def make_tx(task: str, optimizer: str, config: dict[str, Any], steps: int, seed: int,
             unroll: bool) -> Any:
   """The transform of ``optimizer`` at ``config`` for ``steps`` of its steps (traced knobs)."""
@@ -198,8 +208,7 @@ def make_tx(task: str, optimizer: str, config: dict[str, Any], steps: int, seed:
     return optax.contrib.sam(sgd, adv, opaque_mode=True)
   if optimizer == "adam":
     return optax.adam(config["lr"] * scale)
-  g0, ratio = config["gamma0"], config["gamma_ratio"]
-  gamma = lambda count: g0 * jnp.power(ratio, jnp.minimum(count, steps) / steps)
+  gamma = scope(config["gamma0"], config["gamma_ratio"], steps)
   common = dict(inner_steps=config["L"], key=seed, unroll=unroll, gamma=gamma,
                 langevin_lr=LANGEVIN_LR * scale)
   if optimizer == "bocconi":

@@ -1,0 +1,114 @@
+"""benchmarks/regimes.py: the regime map's data, configurations, scaling, verdicts and records."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from benchmarks import datasets as data_lib
+from benchmarks import provenance
+from benchmarks import regimes
+
+QUICK = regimes.PRESETS["quick"]
+
+
+def test_label_noise_flips_exactly_the_rate_to_other_classes_and_spares_validation_and_test():
+  ds = data_lib.synthetic_dataset(n_train=1024, n_test=64, seed=1)
+  sets = regimes.regime_data(ds, "noise40", QUICK)
+  n = regimes.QUICK_SIZES["noise40"]
+  x, y = sets["train"]
+  flipped = y != ds.y_train[:n]
+  assert flipped.sum() == round(0.4 * n)
+  np.testing.assert_array_equal(x, ds.x_train[:n])
+  np.testing.assert_array_equal(sets["val"][1], ds.y_train[-QUICK.val_size:])
+  np.testing.assert_array_equal(sets["test"][1], ds.y_test)
+  # The search reads the regime's own (noisy) labels, and nothing of validation.
+  np.testing.assert_array_equal(sets["search"][1], y[:len(sets["search"][1])])
+  clean = regimes.regime_data(ds, "base", QUICK)
+  np.testing.assert_array_equal(clean["train"][1], ds.y_train[:regimes.QUICK_SIZES["base"]])
+
+
+def test_every_optimizer_gets_the_same_number_of_configurations_the_published_one_first():
+  for count in (2, 4, 6):
+    configs = {o: regimes.search_configs(o, count) for o in regimes.OPTIMIZERS}
+    assert {len(c) for c in configs.values()} == {count}
+    for opt, cs in configs.items():
+      assert cs[0] == {k: v[0] for k, v in regimes.SPACES[opt].items()}
+      for c in cs[1:]:
+        assert all(lo <= c[k] <= hi * 1.001 for k, (_, lo, hi) in regimes.SPACES[opt].items())
+      assert len({tuple(c.values()) for c in cs}) == count
+
+
+@pytest.mark.parametrize("optimizer, factor", [("sgd", 4.0), ("adam", 4.0)])
+def test_large_batches_scale_the_learning_rate_by_the_square_root_rule(optimizer, factor):
+  params = {"w": jnp.ones(3)}
+  grads = {"w": jnp.array([1.0, -2.0, 0.5])}
+
+  def first_update(batch):
+    config = {"lr": 0.01, "batch_scale": regimes.batch_scale(batch)}
+    tx = regimes.make_tx("mnistfc", optimizer, config, 100, 0, False)
+    return tx.update(grads, tx.init(params), params)[0]["w"]
+
+  assert regimes.batch_scale(2048) == factor
+  np.testing.assert_allclose(first_update(2048), factor * first_update(128), rtol=1e-6)
+
+
+def test_the_scope_grows_geometrically_from_gamma0_to_gamma_final_over_the_run():
+  gamma = regimes.scope(0.3, 20.0, 50)
+  values = np.array([float(gamma(t)) for t in range(0, 60)])
+  np.testing.assert_allclose(values[[0, 50, 59]], [0.3, 6.0, 6.0], rtol=1e-6)
+  np.testing.assert_allclose(values[1:51] / values[:50], 20.0 ** (1 / 50), rtol=1e-5)
+
+
+def _final(regime, origin, opt, seed, final_test, best):
+  return (regimes.final_key(regime, origin, opt, seed),
+          {"seed": seed, "final_test": final_test, "best_val_test": best,
+           "config": {"lr": 0.1}, "provenance": {"backend": "cpu", "cpu": "X", "cores": 2,
+                                                  "commit": "c", "jax": "j"}})
+
+
+def test_verdicts_need_every_seed_of_both_sides_from_one_machine_and_commit():
+  cells = dict(_final("size2k", "aaaa", o, s, 10.0 + (o == "sgd") + 0.01 * s, 9.0 + 0.01 * s)
+               for o in regimes.OPTIMIZERS for s in (1, 2, 3))
+  # Another origin's runs (another machine, say) never meet these in a verdict.
+  cells.update(dict([_final("size2k", "bbbb", "sgd", 1, 50.0, 50.0)]))
+  db = {"cells": cells}
+  origin, by_opt = regimes.final_cells(db, "size2k")
+  assert origin == "aaaa" and {len(v) for v in by_opt.values()} == {3}
+  summary = regimes.regime_summary(db, "size2k", regimes.PRESETS["cpu"])
+  v = {(x["entropy"], x["baseline"], x["metric"]): x["verdict"] for x in summary["verdicts"]}
+  assert v[("lua", "sgd", "final")] == "win" and v[("lua", "adam", "final")] == "tie"
+  assert v[("bocconi", "sgd", "best_val")] == "tie"
+  del db["cells"][regimes.final_key("size2k", "aaaa", "adam", 3)]
+  summary = regimes.regime_summary(db, "size2k", regimes.PRESETS["cpu"])
+  assert {x["verdict"] for x in summary["verdicts"] if x["baseline"] == "adam"} == {"missing"}
+
+
+@pytest.mark.slow
+def test_quick_map_records_regime_provenance_and_both_test_errors_then_resumes(tmp_path):
+  out = tmp_path / "out"
+  args = ["--quick", "--regimes", "size2k", "--out", str(out)]
+  db = regimes.main(args)
+  cells = db["cells"]
+  search = [c for c in cells.values() if c["phase"] == "search"]
+  final = [c for c in cells.values() if c["phase"] == "final"]
+  assert len(search) == len(regimes.OPTIMIZERS) * QUICK.configs * QUICK.search_seeds
+  assert len(final) == len(regimes.OPTIMIZERS) * QUICK.seeds
+  for c in cells.values():
+    assert (c["label_noise"], c["train_size"], c["batch_size"]) == (
+        0.0, regimes.QUICK_SIZES["size2k"], 16)
+    assert set(provenance.FIELDS) <= set(c["provenance"])
+    assert c["provenance"]["jax"] == jax.__version__
+  for c in final:
+    assert c["final_test"] == c["curves"]["test"][-1]
+    best = int(np.argmin(c["curves"]["val"]))
+    assert c["best_val_test"] == c["curves"]["test"][best]
+    assert c["config_index"] == regimes.chosen(db, "size2k", c["optimizer"], QUICK)
+  report = (out / "regimes.md").read_text()
+  assert "**Protocol.**" in report and "best-on-validation" in report
+  assert "Entropy-SGD (Bocconi) vs SAM" in report
+  before = json.loads((out / "regimes.json").read_text())["cells"]
+  again = regimes.main(args)
+  assert again["cells"] == before and again["sessions"][-1]["runs"] == 0
