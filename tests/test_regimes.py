@@ -81,9 +81,16 @@ def test_verdicts_need_every_seed_of_both_sides_from_one_machine_and_commit():
   v = {(x["entropy"], x["baseline"], x["metric"]): x["verdict"] for x in summary["verdicts"]}
   assert v[("lua", "sgd", "final")] == "win" and v[("lua", "adam", "final")] == "tie"
   assert v[("bocconi", "sgd", "best_val")] == "tie"
+  # The summary in words lists every win and loss of a complete regime, from the verdicts.
+  words = " ".join(regimes.findings(db, regimes.PRESETS["cpu"]))
+  assert "Complete regimes: size2k of 6" in words
+  assert "wins: Entropy-SGD (Lua) vs SGD-Nesterov in size2k (final, p" in words
+  assert "Entropy-SGD (Lua) vs SGD-Nesterov in size2k (best-on-validation" not in words
   del db["cells"][regimes.final_key("size2k", "aaaa", "adam", 3)]
   summary = regimes.regime_summary(db, "size2k", regimes.PRESETS["cpu"])
   assert {x["verdict"] for x in summary["verdicts"] if x["baseline"] == "adam"} == {"missing"}
+  assert regimes.findings(db, regimes.PRESETS["cpu"]) == [
+      "No regime is complete yet: no verdict."]
 
 
 @pytest.mark.slow
@@ -108,7 +115,9 @@ def test_quick_map_records_regime_provenance_and_both_test_errors_then_resumes(t
     assert c["config_index"] == regimes.chosen(db, "size2k", c["optimizer"], QUICK)
   report = (out / "regimes.md").read_text()
   assert "**Protocol.**" in report and "best-on-validation" in report
-  assert "Entropy-SGD (Bocconi) vs SAM" in report
+  assert "Entropy-SGD (Bocconi) vs SAM" in report and "Complete regimes: size2k of 6" in report
+  assert "![Test error along each axis of the map](regimes.png)" in report
+  assert (out / "regimes.png").stat().st_size > 10_000
   before = json.loads((out / "regimes.json").read_text())["cells"]
   again = regimes.main(args)
   assert again["cells"] == before and again["sessions"][-1]["runs"] == 0
