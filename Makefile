@@ -41,17 +41,20 @@ dist-check: install
 	$(PY) tests/dist_check.py $(DIST_CHECK_ARGS)
 
 # On Debian as root, `make demo` installs the real Fashion-MNIST (apt package
-# dataset-fashion-mnist); elsewhere the demo reads --data-dir, downloads, or
-# falls back to generated data and says so. Extra flags: make demo DEMO_ARGS='--epochs 20'.
+# dataset-fashion-mnist); elsewhere the demo reads --data-dir, downloads, or runs
+# on scikit-learn's handwritten digits (real images it ships) and says so.
+# Extra flags: make demo DEMO_ARGS='--epochs 20'.
 FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 DEMO_ARGS ?=
+# apt-get that waits (up to 300 s) for another apt or dpkg to release its locks instead of failing.
+APT_GET := .ci/apt-get
 
 demo: install
 	@if [ ! -f $(FASHION_MNIST_DIR)/train-images-idx3-ubyte.gz ] && [ -f /etc/debian_version ] \
 	    && [ "$$(id -u)" = 0 ]; then \
 	  echo "installing dataset-fashion-mnist with apt-get"; \
-	  { apt-cache show dataset-fashion-mnist >/dev/null 2>&1 || apt-get update -qq; } \
-	    && apt-get install -y -qq dataset-fashion-mnist >/dev/null \
+	  { apt-cache show dataset-fashion-mnist >/dev/null 2>&1 || $(APT_GET) update -qq; } \
+	    && $(APT_GET) install -y -qq dataset-fashion-mnist >/dev/null \
 	    || echo "note: apt-get could not install dataset-fashion-mnist; the demo looks elsewhere"; \
 	fi
 	$(PY) benchmarks/demo.py $(DEMO_ARGS)

@@ -5,8 +5,10 @@ Fashion-MNIST and MNIST ship as four IDX files (``train-images-idx3-ubyte``,
 ``t10k-labels-idx1-ubyte``, each optionally gzipped). :func:`load_dataset`
 finds them in this order: the ``data_dir`` you give, the Debian package
 ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``), a download
-into ``data_dir`` when online, and otherwise a locally generated dataset of
-the same shapes, with a note saying so. NumPy only: no JAX, no Flax.
+into ``data_dir`` when online, and otherwise a fallback, with a note saying so:
+a locally generated dataset of the same shapes, or (``fallback="digits"``, as
+the demo asks) scikit-learn's handwritten digits, real images that ship with
+the package. NumPy only: no JAX, no Flax (scikit-learn for the digits alone).
 """
 
 from __future__ import annotations
@@ -51,7 +53,13 @@ DOWNLOAD_URLS = {
 DEBIAN_DIRS = {"fashion_mnist": pathlib.Path("/usr/share/datasets/fashion-mnist")}
 """Folders that Debian packages install (``apt-get install dataset-fashion-mnist``)."""
 
-DATASETS = ("fashion_mnist", "mnist", "synthetic")
+DATASETS = ("fashion_mnist", "mnist", "digits", "synthetic")
+
+DIGITS_SOURCE = "scikit-learn's handwritten digits"
+"""How the ``source`` of :func:`digits_dataset` begins."""
+
+FALLBACKS = ("synthetic", "digits")
+"""What :func:`load_dataset` returns when no files are found: generated or real digits."""
 
 
 class Dataset(NamedTuple):
@@ -265,6 +273,47 @@ def synthetic_dataset(
   )
 
 
+def digits_dataset(n_test: int = 500, seed: int = 0) -> Dataset:
+  """scikit-learn's handwritten digits: 1797 real 8x8 images, 10 classes, offline.
+
+  The UCI optical-recognition digits test set (``sklearn.datasets.load_digits``),
+  which scikit-learn installs with itself: real data for runs without the
+  network or Fashion-MNIST. The images are split at random into train and
+  test; their 17 grey levels (0-16) are scaled to [0, 1].
+
+  Args:
+    n_test: test images; the other ``1797 - n_test`` are for training.
+    seed: the NumPy seed of the split.
+
+  Returns:
+    A :class:`Dataset` of (n, 8, 8, 1) images whose ``source`` names scikit-learn.
+
+  Raises:
+    ValueError: unless ``0 < n_test < 1797``.
+
+  Examples:
+    >>> from benchmarks import datasets
+    >>> ds = datasets.digits_dataset(n_test=297)
+    >>> ds.x_train.shape, ds.x_test.shape, float(ds.x_train.max())
+    ((1500, 8, 8, 1), (297, 8, 8, 1), 1.0)
+  """
+  from sklearn.datasets import load_digits  # the examples extra; only this loader needs it
+
+  digits = load_digits()
+  images, labels = digits.images, digits.target
+  if not 0 < n_test < len(labels):
+    raise ValueError(f"n_test must be between 1 and {len(labels) - 1}, got {n_test}.")
+  order = np.random.default_rng(seed).permutation(len(labels))
+  test, train = order[:n_test], order[n_test:]
+  scale = lambda a: (a / 16.0).astype(np.float32)[..., None]
+  return Dataset(
+      scale(images[train]), labels[train].astype(np.int32),
+      scale(images[test]), labels[test].astype(np.int32),
+      source=f"{DIGITS_SOURCE} (sklearn.datasets.load_digits: real 8x8 "
+      f"images shipped with scikit-learn), split at random with seed {seed}",
+  )
+
+
 def default_data_dir(name: str) -> pathlib.Path:
   """``$XDG_CACHE_HOME/entropy_optax/<name>`` (``~/.cache/...`` by default)."""
   cache = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
@@ -277,31 +326,38 @@ def load_dataset(
     *,
     download: bool = True,
     seed: int = 0,
+    fallback: str = "synthetic",
 ) -> Dataset:
-  """Loads Fashion-MNIST, MNIST or the generated dataset, offline when it can.
+  """Loads Fashion-MNIST, MNIST, the digits or the generated dataset, offline when it can.
 
   Looks, in order, in ``data_dir``, in the Debian package's folder
   (``DEBIAN_DIRS``), downloads into ``data_dir`` (default
   :func:`default_data_dir`) when ``download`` and online, and otherwise falls
-  back to :func:`synthetic_dataset` with a note in ``Dataset.source``.
+  back to ``fallback`` (:func:`synthetic_dataset` or :func:`digits_dataset`)
+  with a note in ``Dataset.source``.
 
   Args:
-    name: one of ``DATASETS``: ``"fashion_mnist"``, ``"mnist"`` or
-      ``"synthetic"``.
+    name: one of ``DATASETS``: ``"fashion_mnist"``, ``"mnist"``, ``"digits"``
+      or ``"synthetic"``.
     data_dir: a folder of the four ``IDX_FILES`` (gzipped or not).
     download: try to download when no local copy is found.
-    seed: the seed of the generated dataset, when it is used.
+    seed: the seed of the generated dataset or of the digits' split.
+    fallback: one of ``FALLBACKS``, used when no files are found.
 
   Returns:
     A :class:`Dataset`.
 
   Raises:
-    ValueError: for an unknown ``name``.
+    ValueError: for an unknown ``name`` or ``fallback``.
   """
   if name not in DATASETS:
     raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}.")
+  if fallback not in FALLBACKS:
+    raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}.")
   if name == "synthetic":
     return synthetic_dataset(seed=seed)
+  if name == "digits":
+    return digits_dataset(seed=seed)
   if has_idx_files(data_dir):
     return load_idx_folder(data_dir)
   if has_idx_files(DEBIAN_DIRS.get(name)):
@@ -316,11 +372,11 @@ def load_dataset(
       return load_idx_folder(folder)
     except OSError as error:
       reason = f"the download failed ({error})"
-  fallback = synthetic_dataset(seed=seed)
+  substitute = digits_dataset(seed=seed) if fallback == "digits" else synthetic_dataset(seed=seed)
   hint = " or `apt-get install dataset-fashion-mnist`" if name in DEBIAN_DIRS else ""
-  return fallback._replace(
-      source=f"{fallback.source}: no {name} files in {folder} and {reason}; "
-      f"pass --data-dir with the IDX files{hint} to use the real data"
+  return substitute._replace(
+      source=f"{substitute.source}, instead of {name}: no {name} files in {folder} and "
+      f"{reason}; pass --data-dir with the IDX files{hint} to use {name}"
   )
 
 

@@ -91,3 +91,26 @@ def test_load_dataset_falls_back_to_generated_data_and_says_why(tmp_path, monkey
 def test_load_dataset_names_the_choices_for_an_unknown_name():
   with pytest.raises(ValueError, match="fashion_mnist"):
     data.load_dataset("cifar10")
+
+
+def test_load_dataset_falls_back_to_scikit_learns_digits_when_asked_and_says_instead_of_what(
+    tmp_path, monkeypatch
+):
+  monkeypatch.setattr(data, "DEBIAN_DIRS", {})
+  ds = data.load_dataset("fashion_mnist", tmp_path / "empty", download=False, fallback="digits")
+  assert ds.source.startswith(data.DIGITS_SOURCE) and "instead of fashion_mnist" in ds.source
+  assert ds.x_train.shape == (1297, 8, 8, 1) and ds.x_test.shape == (500, 8, 8, 1)
+  assert 0.0 <= ds.x_train.min() and ds.x_train.max() == 1.0
+  assert set(np.unique(ds.y_test)) == set(range(10))
+
+
+def test_digits_split_is_a_partition_fixed_by_the_seed():
+  a, b, c = data.digits_dataset(seed=0), data.digits_dataset(seed=0), data.digits_dataset(seed=1)
+  np.testing.assert_array_equal(a.x_test, b.x_test)
+  assert not np.array_equal(a.y_test, c.y_test)
+  pixels = lambda ds: sorted(map(bytes, np.concatenate([ds.x_train, ds.x_test])))
+  assert pixels(a) == pixels(c)  # the same 1797 images, split differently
+  with pytest.raises(ValueError, match="between 1 and 1796"):
+    data.digits_dataset(n_test=1797)
+  with pytest.raises(ValueError, match="fallback must be one of"):
+    data.load_dataset("mnist", fallback="zeros")
