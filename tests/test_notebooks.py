@@ -127,9 +127,10 @@ def _first_cell(name):
   return _code_cells(nbformat.read(NOTEBOOKS / name, as_version=4))[0].source
 
 
-def _run_first_cell(name, monkeypatch, absent):
+def _run_first_cell(name, monkeypatch, absent, source=""):
   """Runs a notebook's first code cell with ``absent`` modules missing and pip stubbed out.
 
+  ``source`` is the value the cell's ``SOURCE`` is set to, as a user would edit it.
   Returns the pip commands it ran.
   """
   real_find_spec = importlib.util.find_spec
@@ -137,8 +138,11 @@ def _run_first_cell(name, monkeypatch, absent):
                       lambda module, *a: None if module in absent else real_find_spec(module, *a))
   commands = []
   monkeypatch.setattr(subprocess, "check_call", lambda cmd, *a, **k: commands.append(cmd))
+  cell = _first_cell(name)
+  assert cell.count('\nSOURCE = ""\n') == 1
+  cell = cell.replace('\nSOURCE = ""\n', f"\nSOURCE = {source!r}\n")
   namespace = {}
-  exec(compile(_first_cell(name), f"{name}[first cell]", "exec"), namespace)
+  exec(compile(cell, f"{name}[first cell]", "exec"), namespace)
   assert isinstance(namespace["TINY"], bool)  # the budget is read in the first cell
   return commands
 
@@ -184,3 +188,21 @@ def test_notebook_first_cell_installs_the_package_from_the_clone_it_sits_in(
   monkeypatch.chdir(tmp_path)  # no clone around and no SOURCE set: say what to do
   with pytest.raises(RuntimeError, match=r"pip install -e '\.\[examples\]'"):
     _run_first_cell(name, monkeypatch, absent={"entropy_optax"})
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_notebook_first_cell_installs_the_package_from_a_wheel_path_or_a_url_in_source(
+    name, monkeypatch, tmp_path
+):
+  wheel = tmp_path / "dist" / "entropy_optax-0.3.0-py3-none-any.whl"
+  wheel.parent.mkdir()
+  wheel.write_bytes(b"")
+  monkeypatch.chdir(tmp_path)  # no clone around: SOURCE decides
+  requirement = lambda source: _run_first_cell(
+      name, monkeypatch, absent={"entropy_optax"}, source=source)[0][-1]
+  expected = f"entropy_optax[examples] @ {wheel.as_uri()}"
+  assert requirement(str(wheel)) == expected  # a plain absolute path
+  assert requirement("dist/" + wheel.name) == expected  # relative to the notebook's folder
+  assert requirement(wheel.as_uri()) == expected  # a file:// URL as it was
+  git = "git+https://github.com/owner/entropy_optax"
+  assert requirement(git) == f"entropy_optax[examples] @ {git}"
