@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # Two pytest workers, each test file on one (its module fixtures computed once); PYTEST_WORKERS= runs serially.
 PYTEST_WORKERS ?= -n 2 --dist loadfile
 
-.PHONY: install test test-slow test-fast lint dist-check docs docs-doctest demo clean
+.PHONY: install test test-slow test-fast lint dist-check docs docs-doctest demo browser clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,12 +15,12 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# The tests marked `slow` (the benchmarks' plumbing end to end, the long soak) run in
-# `make test-slow`; CI (.ci/run) runs both targets.
+# The tests marked `slow` (the benchmarks' plumbing end to end, the long soak, the docs' math in
+# a headless browser) run in `make test-slow`; CI (.ci/run) runs both targets.
 test: install lint dist-check docs docs-doctest
 	$(PY) -m pytest $(PYTEST_WORKERS) -m 'not slow'
 
-test-slow: install
+test-slow: install browser
 	$(PY) -m pytest $(PYTEST_WORKERS) -m slow
 
 # The test suite alone, without lint, packaging and docs.
@@ -60,12 +60,27 @@ demo: install
 	$(PY) benchmarks/demo.py $(DEMO_ARGS)
 
 # The documentation site (Sphinx, myst-nb, furo): warnings are errors. docs-doctest runs
-# every {testcode}/{doctest} example of the pages. Neither needs the network.
+# every {testcode}/{doctest} example of the pages. Neither needs the network: MathJax ships with
+# the site (sphinx-mathjax-offline); tests/test_docs_math.py (slow) renders a page offline in
+# headless Chromium and checks that the math was typeset.
 docs: install
 	$(VENV)/bin/sphinx-build -W --keep-going -b html docs docs/_build/html
 
 docs-doctest: install
 	$(VENV)/bin/sphinx-build -W --keep-going -b doctest docs docs/_build/doctest
+
+# The headless browser of tests/test_docs_math.py: on Debian as root, Debian's chromium.
+browser:
+	@if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null \
+	    && ! command -v google-chrome >/dev/null; then \
+	  if [ -f /etc/debian_version ] && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing chromium with apt-get"; \
+	    { apt-cache show chromium >/dev/null 2>&1 || $(APT_GET) update -qq; } \
+	      && $(APT_GET) install -y -qq --no-install-recommends chromium >/dev/null; \
+	  else \
+	    echo "note: no chromium; install it (Debian: apt-get install chromium) for the docs' math check"; \
+	  fi; \
+	fi
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info docs/_build docs/notebooks

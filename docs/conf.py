@@ -34,6 +34,9 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
+    # MathJax 3 served from _static/mathjax (copied from the package), not from a CDN: the
+    # pages' math renders offline. tests/test_docs_math.py checks it in a headless browser.
+    "sphinx-mathjax-offline",
     "sphinx.ext.doctest",
     "sphinx.ext.viewcode",
     "sphinx_copybutton",
