@@ -4,9 +4,10 @@ Reads the committed results of the other benchmarks and writes
 ``benchmarks/results/evidence.md`` (the docs page "When does Entropy-SGD
 help?" includes it):
 
-* the reproductions (``reproduce.py``): the H100 run
-  (``results/gpu/reproduction.json``) and the CPU runs at the paper's budgets
-  (``results/paper/reproduction.json``), each Entropy-SGD recipe against
+* the reproductions (``reproduce.py``): the CPU runs at the paper's budgets
+  (``results/paper/reproduction.json``), the H100 run
+  (``results/gpu/reproduction.json``) and the short CPU run on a subset
+  (``results/reproduction.json``), each Entropy-SGD recipe against
   SGD-Nesterov, Adam and SAM at equal gradient evaluations;
 * the fair protocol (``tune.py``, ``results/tuning.json``): every optimizer
   tuned alike on a validation split, then scored on the test set;
@@ -14,10 +15,13 @@ help?" includes it):
 * whether the char-LSTM is big enough for its comparison: Adam below 2.0 bits
   per character on the whole text within the paper's budget.
 
-One rule gives every verdict: Welch's t-test on the per-seed values, two-sided
-at 5%; a **win** or **loss** when p < 0.05 (lower error, loss or curvature is
-better), else a **tie**. A comparison needs at least 2 seeds a side and the
-same budget (effective epochs and training items). Nothing here is typed in:
+One rule gives every verdict (:func:`benchmarks.reports.judge`): Welch's
+t-test on the per-seed values, two-sided at 5%; a **win** or **loss** when
+p < 0.05 (lower error, loss or curvature is better), else a **tie**. A
+comparison needs at least 2 seeds a side, the same budget (effective epochs
+and training items), and records that ran one commit on one machine (their
+provenance); otherwise it is **n/a** with the reason, and the report gives
+the command that reruns both sides together. Nothing here is typed in:
 a cell that has not been measured is listed as missing, with the command that
 measures it.
 
@@ -39,16 +43,16 @@ import numpy as np
 if not __package__:  # run as a script: make the package `benchmarks` importable
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from benchmarks import stats  # noqa: E402
-from benchmarks.stats import verdict  # noqa: E402
+from benchmarks import reports  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 
-# (what, path under results/, machine): the reproductions; a cell in two is taken from the first.
+# (what, path under results/): the reproductions; a cell in two is taken from the first.
 REPRODUCTIONS = (
-    ("the paper's budgets", "paper/reproduction.json", "2 CPU cores"),
-    ("the H100 run", "gpu/reproduction.json", "H100"),
+    ("the paper's budgets", "paper/reproduction.json"),
+    ("the H100 run", "gpu/reproduction.json"),
+    ("a subset on the CPU", "reproduction.json"),
 )
 PAPER_OUT = "benchmarks/results/paper"
 # The paper's budgets in effective epochs (Entropy-SGD's headline numbers).
@@ -60,16 +64,7 @@ ENTROPY = ("entropy", "entropy_pytorch", "entropy_bocconi")
 LABELS = {"sgd": "SGD-Nesterov", "adam": "Adam", "sam": "SAM", "entropy": "Entropy-SGD (Lua)",
           "entropy_pytorch": "Entropy-SGD (PyTorch)", "entropy_bocconi": "Entropy-SGD (Bocconi)"}
 IMAGE_TRAIN_ITEMS = 60_000
-RULE = (f"Verdict rule (`benchmarks/stats.py`): {stats.RULE}; only cells complete at the same "
-        "budget and training set are compared.")
-
-
-# --------------------------------------------------------------------------- statistics
-
-
-def welch_p(a: Sequence[float], b: Sequence[float]) -> float:
-  """The two-sided p-value of :func:`benchmarks.stats.welch`."""
-  return stats.welch(a, b)[1]
+RULE = reports.RULE + " Only cells complete at the same budget and training set are compared."
 
 
 def mean_std(values: Sequence[float], digits: int = 2) -> str:
@@ -110,22 +105,30 @@ def load_records(path: pathlib.Path) -> list[dict[str, Any]]:
 
 def pooled_cells(sources: Sequence[tuple[str, list[dict[str, Any]]]]
                  ) -> dict[tuple[str, str, int, int], tuple[str, list[dict]]]:
-  """Complete cells of all ``(machine, records)`` sources; the first source's where two have one."""
+  """Complete cells of all ``(file, records)`` sources; the first source's where two have one."""
   pooled: dict[tuple[str, str, int, int], tuple[str, list[dict]]] = {}
-  for machine, records in sources:
+  for rel, records in sources:
     for key, recs in cells_of(records).items():
-      pooled.setdefault(key, (machine, recs))
+      pooled.setdefault(key, (rel, recs))
   return pooled
+
+
+def rerun_command(recs: Sequence[dict[str, Any]], task: str, optimizers: Sequence[str]) -> str:
+  """The command that reruns ``optimizers`` side by side (:func:`reproduce.rerun_command`)."""
+  from benchmarks import reproduce  # noqa: PLC0415  (imports jax)
+
+  return reproduce.rerun_command(recs, task, optimizers)
 
 
 def reproduction_section(sources: Sequence[tuple[str, list[dict[str, Any]]]],
                          verdicts: list[dict[str, Any]]) -> list[str]:
   """A table per (task, budget, training set); appends every verdict to ``verdicts``."""
-  files = ", ".join(f"`benchmarks/results/{rel}` ({machine})" for _, rel, machine in REPRODUCTIONS)
+  files = ", ".join(f"`benchmarks/results/{rel}` ({what})" for what, rel in REPRODUCTIONS)
   lines = ["### The reproductions", "",
-           f"From {files}. A cell measured on both machines is taken from the first; cells of "
-           "one budget and training set run on different machines are compared (the same code, "
-           "seeds and data: the machines differ in floating-point rounding only).", ""]
+           f"From {files}. A cell measured in two files is taken from the first. 'run on' and "
+           "'code' come from each record's provenance; a verdict needs both sides run on one "
+           "machine at one commit (the rule above), so cells of one budget from different runs "
+           "meet in a table but get no verdict.", ""]
   cells = pooled_cells(sources)
   if not cells:
     return lines + ["No complete cell recorded yet.", ""]
@@ -145,24 +148,30 @@ def reproduction_section(sources: Sequence[tuple[str, list[dict[str, Any]]]],
     label = dict(LABELS, entropy="Entropy-Adam" if task == "charlstm" else LABELS["entropy"])
     lines += [f"**{TASK_NAMES.get(task, task)}**: {epochs} effective epochs{of_paper}, {data}; "
               f"final {metric}, mean ± std over seeds.", "",
-              "| optimizer | run on | seeds | final | vs SGD-Nesterov | vs Adam | vs SAM |",
-              "|---|---|---|---|---|---|---|"]
-    for opt, (machine, recs) in present.items():
+              "| optimizer | file | run on | code | seeds | final | vs SGD-Nesterov | vs Adam "
+              "| vs SAM |", "|---|---|---|---|---|---|---|---|---|"]
+    withheld = False
+    for opt, (rel, recs) in present.items():
       finals = [r["metric"][-1] for r in recs]
-      row = [label[opt], machine, str(len(recs)), mean_std(finals, 3)]
+      row = [label[opt], f"`{rel}`", reports.machines(recs), reports.codes(recs), str(len(recs)),
+             mean_std(finals, 3)]
       for base in BASELINES:
         if opt in ENTROPY and base in present:
-          base_machine, base_recs = present[base]
-          other = [r["metric"][-1] for r in base_recs]
-          v = verdict(finals, other)
-          row.append(f"**{v}** ({np.mean(finals) - np.mean(other):+.3f}, p = "
-                     f"{welch_p(finals, other):.3f})")
-          where = machine if machine == base_machine else f"{machine} vs {base_machine}"
-          verdicts.append({"source": where, "task": task, "epochs": epochs, "data": data,
-                           "entropy": label[opt], "baseline": LABELS[base], "verdict": v})
+          base_rel, base_recs = present[base]
+          j = reports.judge(recs, finals, base_recs, [r["metric"][-1] for r in base_recs])
+          row.append(j.text())
+          withheld = withheld or j.verdict == "n/a"
+          verdicts.append({"source": reports.machines([*recs, *base_recs]), "task": task,
+                           "epochs": epochs, "data": data, "entropy": label[opt],
+                           "baseline": LABELS[base], "verdict": j.verdict, "why": j.why,
+                           "files": sorted({rel, base_rel})})
         else:
           row.append("")
       lines.append("| " + " | ".join(row) + " |")
+    if withheld:
+      recs_all = [r for _, recs in present.values() for r in recs]
+      lines += ["", "Rerun side by side on one machine, at one commit, these cells get verdicts: "
+                f"`{rerun_command(recs_all, task, list(present))}`."]
     lines.append("")
   return lines
 
@@ -260,29 +269,36 @@ def tuning_section(db: dict[str, Any], verdicts: list[dict[str, Any]]) -> list[s
     lines += [f"**{TASK_NAMES.get(task, task)}**: {settings['effective_epochs'][task]} effective "
               f"epochs per run, {n} configurations searched per optimizer, "
               f"{settings['seeds']} final seeds; test error %.", "",
-              "| optimizer | configurations searched | chosen | final seeds | test error % "
-              "| vs SGD-Nesterov | vs Adam | vs SAM |", "|---|---|---|---|---|---|---|---|"]
+              "| optimizer | configurations searched | chosen | final seeds | run on | code "
+              "| test error % | vs SGD-Nesterov | vs Adam | vs SAM |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    withheld = False
     for opt in ("sgd", "adam", "sam", "entropy"):
       recs = finals.get(opt, [])
       values = [c["metric"] for c in recs]
       chosen = f"#{recs[0]['config_index']}: {describe_config(recs[0]['config'])}" if recs else "-"
       row = [LABELS[opt] if opt != "entropy" else "Entropy-SGD (tuned recipe)",
              f"{searched.get(opt, 0)}/{n}", chosen, str(len(recs)),
-             mean_std(values) if values else "-"]
+             reports.machines(recs), reports.codes(recs), mean_std(values) if values else "-"]
       for base in BASELINES:
-        other = [c["metric"] for c in finals.get(base, [])]
-        if opt == "entropy" and len(values) >= 2 and len(other) >= 2:
-          v = verdict(values, other)
-          row.append(f"**{v}** ({np.mean(values) - np.mean(other):+.2f}, p = "
-                     f"{welch_p(values, other):.3f})")
+        base_recs = finals.get(base, [])
+        if opt == "entropy" and recs and base_recs:
+          j = reports.judge(recs, values, base_recs, [c["metric"] for c in base_recs])
+          row.append(j.text(2))
+          withheld = withheld or j.verdict == "n/a"
           verdicts.append({"source": "tuned alike", "task": task,
                            "epochs": settings["effective_epochs"][task],
                            "data": "full training set",
                            "entropy": "Entropy-SGD (tuned recipe)", "baseline": LABELS[base],
-                           "verdict": v})
+                           "verdict": j.verdict, "why": j.why, "files": ["tuning.json"]})
         else:
           row.append("")
       lines.append("| " + " | ".join(row) + " |")
+    if withheld:
+      from benchmarks import tune  # noqa: PLC0415  (imports jax)
+
+      lines += ["", "Rerun on one machine, at one commit, the protocol's cells get verdicts: "
+                f"`{tune.RERUN_COMMAND}`."]
     missing = sum(1 for o in ("sgd", "adam", "sam", "entropy")
                   for _ in range(n - searched.get(o, 0))) + sum(
                       max(0, settings["seeds"] - len(finals.get(o, []))) for o in
@@ -304,6 +320,9 @@ def describe_config(config: dict[str, Any]) -> str:
 
 FLATNESS_LABELS = {"sgd": "SGD-Nesterov", "lua": "Entropy-SGD (Lua)",
                    "bocconi": "Entropy-SGD (Bocconi)"}
+FLATNESS_RERUN = (f"nohup python benchmarks/flatness.py --out {reports.RERUN_ROOT}/flatness "
+                  "> flatness.log 2>&1 &")
+"""Reruns the equal-loss experiment (its current defaults) into a fresh folder."""
 
 
 def flatness_section(report: dict[str, Any], verdicts: list[dict[str, Any]]) -> list[str]:
@@ -335,21 +354,31 @@ def flatness_section(report: dict[str, Any], verdicts: list[dict[str, Any]]) -> 
             "| measure | " + " | ".join(f"{FLATNESS_LABELS[o]} ({len(by_opt.get(o, []))} seeds)"
                                          for o in FLATNESS_LABELS) + " |",
             "|---|" + "---|" * len(FLATNESS_LABELS)]
+  lines.append("| run on | " + " | ".join(reports.machines(by_opt.get(o, []))
+                                         for o in FLATNESS_LABELS) + " |")
+  lines.append("| code | " + " | ".join(reports.codes(by_opt.get(o, []))
+                                       for o in FLATNESS_LABELS) + " |")
+  withheld = False
   for name, get in measures:
     row = [name]
     for opt in FLATNESS_LABELS:
-      values = [get(r) for r in by_opt.get(opt, [])]
+      recs = by_opt.get(opt, [])
+      values = [get(r) for r in recs]
       cell = mean_std(values) if values else "-"
       if opt != "sgd" and values and by_opt.get("sgd"):
-        base = [get(r) for r in by_opt["sgd"]]
-        v = verdict(values, base)
-        cell += f"; vs SGD: **{v}**"
+        j = reports.judge(recs, values, by_opt["sgd"], [get(r) for r in by_opt["sgd"]])
+        cell += f"; vs SGD: {j.text(2)}"
+        withheld = withheld or j.verdict == "n/a"
         verdicts.append({"source": "Flatness at equal loss", "task": "mnistfc", "epochs": "-",
                          "data": f"{config['train_size']} images", "entropy": FLATNESS_LABELS[opt],
-                         "baseline": "SGD-Nesterov, flatness", "measure": name, "verdict": v})
+                         "baseline": "SGD-Nesterov, flatness", "measure": name,
+                         "verdict": j.verdict, "why": j.why, "files": ["flatness.json"]})
       row.append(cell)
     lines.append("| " + " | ".join(row) + " |")
   lines.append("")
+  if withheld:
+    lines += ["Rerun on one machine, at one commit, these measures get verdicts: "
+              f"`{FLATNESS_RERUN}`.", ""]
   not_reached = [f"{FLATNESS_LABELS.get(r['optimizer'], r['optimizer'])} seed {r['seed']}"
                  for r in runs.values() if not r.get("reached")]
   if not_reached:
@@ -360,21 +389,48 @@ def flatness_section(report: dict[str, Any], verdicts: list[dict[str, Any]]) -> 
 # --------------------------------------------------------------------------- report
 
 
+def _where(v: dict[str, Any]) -> str:
+  text = (f"{v['measure']}" if "measure" in v else
+          f"{v['task']} {v['epochs']} ep. ({v['source']}, {v['data']})")
+  return text + (f": n/a ({v['why']})" if v["verdict"] == "n/a" else f": {v['verdict']}")
+
+
 def summary(verdicts: list[dict[str, Any]]) -> list[str]:
-  """Win / tie / loss counts of each Entropy-SGD variant against each baseline."""
-  lines = ["| Entropy-SGD variant | against | wins | ties | losses | where |",
-           "|---|---|---|---|---|---|"]
-  keys: dict[tuple[str, str], list[dict]] = {}
-  for v in verdicts:
-    if v["verdict"] != "n/a":  # fewer than 2 seeds a side: no verdict
+  """Win / tie / loss counts of each Entropy-SGD variant against each baseline, then the
+  comparisons withheld (n/a) and why."""
+  judged = [v for v in verdicts if v["verdict"] != "n/a"]
+  withheld = [v for v in verdicts if v["verdict"] == "n/a"]
+  lines: list[str] = []
+  if judged:
+    lines += ["| Entropy-SGD variant | against | wins | ties | losses | where |",
+              "|---|---|---|---|---|---|"]
+    keys: dict[tuple[str, str], list[dict]] = {}
+    for v in judged:
       keys.setdefault((v["entropy"], v["baseline"]), []).append(v)
-  for (entropy, base), vs in keys.items():
-    count = {k: sum(x["verdict"] == k for x in vs) for k in ("win", "tie", "loss")}
-    where = "; ".join(f"{x['measure']}: {x['verdict']}" if "measure" in x else
-                      f"{x['task']} {x['epochs']} ep. ({x['source']}, {x['data']}): {x['verdict']}"
-                      for x in vs)
-    lines.append(f"| {entropy} | {base} | {count['win']} | {count['tie']} | {count['loss']} "
-                 f"| {where} |")
+    for (entropy, base), vs in keys.items():
+      count = {k: sum(x["verdict"] == k for x in vs) for k in ("win", "tie", "loss")}
+      lines.append(f"| {entropy} | {base} | {count['win']} | {count['tie']} | {count['loss']} "
+                   f"| {'; '.join(_where(x) for x in vs)} |")
+  else:
+    lines.append("**No comparison has a verdict yet.**")
+  if withheld:
+    reasons: dict[str, int] = {}
+    for v in withheld:
+      reasons[v["why"]] = reasons.get(v["why"], 0) + 1
+    lines += ["", f"**{len(withheld)} of {len(verdicts)} comparisons are withheld (n/a)**: "
+              + "; ".join(f"{why}: {n}" for why, n in reasons.items()) + ". A record whose "
+              "provenance is unknown (written before records carried it: what git history and "
+              "the committed logs prove of it is in its `provenance`, by "
+              "`benchmarks/backfill_provenance.py`) stays out of verdicts until its cells are "
+              "rerun side by side on one machine at one commit; each table below gives the "
+              "command that does so. The numbers stand as measurements; the verdicts wait for "
+              "those reruns.", "",
+              "| Entropy-SGD variant | against | withheld | where (why) |", "|---|---|---|---|"]
+    keys = {}
+    for v in withheld:
+      keys.setdefault((v["entropy"], v["baseline"]), []).append(v)
+    for (entropy, base), vs in keys.items():
+      lines.append(f"| {entropy} | {base} | {len(vs)} | {'; '.join(_where(x) for x in vs)} |")
   return lines
 
 
@@ -390,7 +446,7 @@ def build(results: pathlib.Path = RESULTS,
   """The report's Markdown, from the JSON files under ``results``; ``verdicts`` collects them."""
   verdicts = [] if verdicts is None else verdicts
   body: list[str] = []
-  sources = [(machine, load_records(results / rel)) for _, rel, machine in REPRODUCTIONS]
+  sources = [(rel, load_records(results / rel)) for _, rel in REPRODUCTIONS]
   body += reproduction_section(sources, verdicts)
   tuning_path = results / "tuning.json"
   body += tuning_section(json.loads(tuning_path.read_text()) if tuning_path.is_file() else {},
@@ -399,7 +455,8 @@ def build(results: pathlib.Path = RESULTS,
   body += flatness_section(json.loads(flat_path.read_text()) if flat_path.is_file() else {},
                            verdicts)
   lines = ["# The measured verdicts: when does Entropy-SGD help?", "",
-           "Generated by `python benchmarks/evidence.py` from the JSON results of "
+           "Generated by `python benchmarks/reports.py` (or `benchmarks/evidence.py`) from the "
+           "JSON results of "
            "`reproduce.py`, `tune.py` and `flatness.py` in `benchmarks/results/`. " + RULE, "",
            "## Summary", ""]
   lines += summary(verdicts) if verdicts else ["No verdicts yet."]

@@ -67,6 +67,7 @@ if not __package__:  # run as `python benchmarks/flatness.py`: make the package 
 import benchmarks  # noqa: E402
 from benchmarks import datasets as data_lib  # noqa: E402
 from benchmarks import provenance  # noqa: E402
+from benchmarks import reports  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
 DEFAULT_DATA_DIR = "/usr/share/datasets/fashion-mnist"
@@ -582,6 +583,12 @@ def completion_command(report: dict[str, Any], optimizers: list[str]) -> str:
 
 
 def write_markdown(report: dict[str, Any], path: pathlib.Path) -> None:
+  path.write_text(markdown(report))
+
+
+def markdown(report: dict[str, Any]) -> str:
+  """``flatness.md`` of ``report`` (``flatness.json``); each end point's machine and code from
+  its provenance (:mod:`benchmarks.reports`)."""
   config, info = report["config"], report["machine"]
   seeds = expected_seeds(report)
   tolerance = report["tolerance"]
@@ -596,7 +603,9 @@ def write_markdown(report: dict[str, Any], path: pathlib.Path) -> None:
       f"* Command (the whole experiment; it skips the end points the JSON holds): "
       f"`{completion_command(report, list(OPTIMIZERS))}`",
       f"* Machine: {info['cpu']} (lscpu), {info['cpus']} cores; JAX {info['jax']}, backend "
-      f"{info['backend']}; entropy_optax {info['entropy_optax']}.",
+      f"{info['backend']}; entropy_optax {info['entropy_optax']} (the file's record of its last "
+      "invocation; each end point's own machine and code, from its provenance, are in the end "
+      "points' table).",
       f"* Wall time: {sum(r['wall_s'] for r in report['runs'].values()):.0f} s over "
       f"{len(report['runs'])} end points (training and measuring; the first end point of each "
       "optimizer includes compiling its train step, the first of the invocation the diagnostics).",
@@ -713,8 +722,8 @@ def write_markdown(report: dict[str, Any], path: pathlib.Path) -> None:
       "## End points",
       "",
       "| optimizer | seed | status | effective epochs | loss reached | below target (%) | checks | "
-      "skipped outer steps | wall time (s) |",
-      "|---|---|---|---|---|---|---|---|---|",
+      "skipped outer steps | wall time (s) | run on | code |",
+      "|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for name in OPTIMIZERS:
     for r in columns[name]:
@@ -722,7 +731,7 @@ def write_markdown(report: dict[str, Any], path: pathlib.Path) -> None:
       lines.append(
           f"| {OPTIMIZERS[name]} | {r['seed']} | {r['status']}{flag_text} | {r['epochs']:.2f} | "
           f"{r['loss']:.5f} | {gap(r):.2f} | {r['checks']} | {r['skipped_outer_steps']} | "
-          f"{r['wall_s']:.1f} |")
+          f"{r['wall_s']:.1f} | {reports.machine(r)} | {reports.code(r)} |")
   todo = {name: seeds_left for name, seeds_left in missing.items() if seeds_left}
   if todo:
     lines += ["", "## Missing", ""]
@@ -730,7 +739,7 @@ def write_markdown(report: dict[str, Any], path: pathlib.Path) -> None:
               f"`{completion_command(report, [name])}`" for name, left in todo.items()]
     lines += ["", f"All of them: `{completion_command(report, list(todo))}` (it skips the finished "
               "end points)."]
-  path.write_text("\n".join(lines) + "\n")
+  return "\n".join(lines) + "\n"
 
 
 def write_report(report: dict[str, Any], out: pathlib.Path, figure: bool = True) -> None:

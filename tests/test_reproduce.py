@@ -204,6 +204,11 @@ def test_two_runs_into_one_folder_keep_each_others_records(tmp_path, monkeypatch
   assert on_disk[mine]["complete"] and on_disk[other_key]["metric"] == other["metric"]
 
 
+_CLEAN = {"commit": "abc", "dirty": False, "jax": "0.10.2", "jaxlib": "0.10.2", "backend": "cpu",
+          "device_kind": "cpu", "device_count": 1, "cpu": "X", "cores": 2}
+"""The provenance of records made by one commit on one machine: they may meet in verdicts."""
+
+
 def _record(optimizer, seed, metric, complete=True, epochs=2, task="lenet"):
   reached = list(range(1, (epochs if complete else epochs - 1) + 1))
   return {"task": task, "optimizer": optimizer, "seed": seed, "budget_eff_epochs": epochs,
@@ -211,7 +216,8 @@ def _record(optimizer, seed, metric, complete=True, epochs=2, task="lenet"):
           "train_loss": [1.0] * len(reached), "complete": complete, "cell_seconds": 1.0,
           "metric_name": "test error %", "data": "generated", "train_items": 512,
           "command": "python benchmarks/reproduce.py --quick", "device": "cpu",
-          "budget": {"eff_epochs": epochs, "train_size": 512, "quick": True}}
+          "budget": {"eff_epochs": epochs, "train_size": 512, "quick": True},
+          "provenance": dict(_CLEAN)}
 
 
 def test_the_report_states_each_cell_and_judges_complete_cells_only(tmp_path):
@@ -238,6 +244,7 @@ def test_the_report_states_each_cell_and_judges_complete_cells_only(tmp_path):
   assert "Entropy-SGD (Lua) vs Adam: **loss**" in verdicts[0]
   assert "Bocconi" not in verdicts[0] and "SAM" not in verdicts[0]
   assert verdicts[1].startswith("Verdicts: none")
+  assert "| CPU X, 2 cores | abc, jax 0.10.2 |" in lenet  # each row's machine and code
   charlstm = report[report.index("## charlstm"):report.index("## allcnn")]
   assert "- Entropy-SGD (PyTorch): n/a" in charlstm and "- Entropy-Adam: missing" in charlstm
 
@@ -271,9 +278,16 @@ def test_old_records_keep_loading_and_report_against_the_paper_budgets(tmp_path)
           "paper --data-dir .data --tasks mnistfc --optimizers entropy_bocconi") in mnistfc
   lenet = report[report.index("## lenet"):report.index("## charlstm")]
   assert "- SGD-Nesterov: missing" in lenet and "budget `E40-Tall`" in lenet
-  assert "Entropy-SGD (Lua) vs Adam: **loss**" in lenet
+  # Its records predate provenance: no verdict, and the command that reruns the cells together.
+  assert "Entropy-SGD (Lua) vs Adam: n/a (provenance unknown)" in lenet
+  assert ("`nohup python benchmarks/reproduce.py --preset gpu --data-dir .data --tasks lenet "
+          "--optimizers sgd,adam,sam,entropy --out benchmarks/results/rerun/gpu &`") in lenet
   charlstm = report[report.index("## charlstm"):report.index("## allcnn")]
   assert "- Entropy-SGD (Bocconi): n/a" in charlstm and "--text .data/kjv.txt" in charlstm
+  # Entropy-Adam ran on the CPU, its baselines on the H100: each row says its own machine.
+  assert "| Entropy-Adam | 3 | 10 | 2.425 ± 0.011 |" in charlstm
+  assert "| CPU, 2 cores | commit unknown, jax 0.10.2 |" in charlstm
+  assert "different machines (CPU, 2 cores, NVIDIA H100 80GB HBM3)" in charlstm
 
 
 def test_the_charlstm_skips_the_image_net_recipes_with_a_note(tmp_path, capsys):

@@ -10,6 +10,7 @@ import pytest
 
 from benchmarks import datasets as data_lib
 from benchmarks import provenance
+from benchmarks import stats
 from benchmarks import tune
 
 
@@ -46,10 +47,10 @@ def test_every_optimizer_gets_the_same_number_of_configurations_published_one_fi
 
 
 def test_welch_verdict_needs_p_below_five_percent():
-  assert tune.verdict([1.0, 1.1, 0.9], [2.0, 2.1, 1.9]) == "win"
-  assert tune.verdict([2.0, 2.1, 1.9], [1.0, 1.1, 0.9]) == "loss"
-  assert tune.verdict([1.0, 1.5, 0.5], [1.2, 1.7, 0.7]) == "tie"
-  _, p = tune.welch([1.0, 1.1, 0.9], [2.0, 2.1, 1.9])
+  assert stats.verdict([1.0, 1.1, 0.9], [2.0, 2.1, 1.9]) == "win"
+  assert stats.verdict([2.0, 2.1, 1.9], [1.0, 1.1, 0.9]) == "loss"
+  assert stats.verdict([1.0, 1.5, 0.5], [1.2, 1.7, 0.7]) == "tie"
+  _, p = stats.welch([1.0, 1.1, 0.9], [2.0, 2.1, 1.9])
   assert 0 < p < 0.05
 
 
