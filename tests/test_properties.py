@@ -179,42 +179,58 @@ NOT_A_NUMBER = st.sampled_from(["0.1", None, [0.1], (0.1,), {"x": 0.1}, 1 + 1j])
 
 
 def _invalid(name):
+  """(name, an invalid value, the error it raises): ValueError out of range, TypeError no number."""
   nan = st.just(float("nan"))
   if name in NON_NEGATIVE:
-    bad = st.floats(max_value=-1e-12, allow_infinity=False) | nan
+    out_of_range = st.floats(max_value=-1e-12, allow_infinity=False) | nan
   elif name in UNIT_INTERVAL:
-    bad = st.floats(max_value=-1e-12, allow_infinity=False) | st.floats(1.0, 1e6) | nan
+    out_of_range = st.floats(max_value=-1e-12, allow_infinity=False) | st.floats(1.0, 1e6) | nan
   elif name == "langevin_lr":
-    bad = st.floats(max_value=0.0, allow_infinity=False) | nan
+    out_of_range = st.floats(max_value=0.0, allow_infinity=False) | nan
   elif name == "inner_steps":
-    bad = st.integers(max_value=0) | st.floats(allow_nan=False) | st.booleans()
+    out_of_range = st.integers(max_value=0)
+    return st.one_of(
+        st.tuples(st.just(name), out_of_range, st.just(ValueError)),
+        st.tuples(st.just(name), st.floats(allow_nan=False) | st.booleans() | NOT_A_NUMBER,
+                  st.just(TypeError)),
+    )
   elif name in ("nesterov", "outer_nesterov", "scale_by_gamma"):
-    return st.tuples(st.just(name), st.integers(0, 1) | NOT_A_NUMBER)
-  else:
-    bad = st.floats() | st.just(jnp.ones(3))
+    return st.tuples(st.just(name), st.integers(0, 1) | NOT_A_NUMBER, st.just(TypeError))
+  else:  # key: an int seed or a PRNG key, nothing else
+    return st.tuples(
+        st.just(name), st.floats() | st.just(jnp.ones(3)) | st.just(True) | NOT_A_NUMBER,
+        st.just(TypeError))
   not_a_number = NOT_A_NUMBER
   if name in ("inner_momentum", "momentum"):
     not_a_number = st.sampled_from(["0.1", [0.1], (0.1,), {"x": 0.1}, 1 + 1j])  # None: no momentum
-  return st.tuples(st.just(name), bad | st.just(True) | not_a_number)  # a bool is no number
+  return st.one_of(
+      st.tuples(st.just(name), out_of_range, st.just(ValueError)),
+      st.tuples(st.just(name), st.just(True) | not_a_number, st.just(TypeError)),  # a bool too
+  )
 
 
 INVALID = st.sampled_from(
-    NON_NEGATIVE + UNIT_INTERVAL + ["langevin_lr", "inner_steps", "nesterov", "outer_nesterov", "scale_by_gamma",
-                    "key"]
+    NON_NEGATIVE + UNIT_INTERVAL
+    + ["langevin_lr", "inner_steps", "nesterov", "outer_nesterov", "scale_by_gamma", "key"]
 ).flatmap(_invalid)
+
+
+def _names(name):
+  """The error's subject is the culprit: `momentum`, not `inner_momentum`, nor `gamma` in a word."""
+  return rf"^{name}\b"
 
 
 @settings(max_examples=150, **SETTINGS)
 @given(INVALID)
-def test_an_invalid_hyperparameter_raises_an_error_naming_it(invalid):
-  name, value = invalid
-  with pytest.raises((ValueError, TypeError), match=name):
+def test_an_invalid_hyperparameter_raises_value_or_type_error_naming_it_first(invalid):
+  name, value, error = invalid
+  with pytest.raises(error, match=_names(name)):
     entropy_optax.entropy_sgd(**{"learning_rate": 0.1, name: value})
 
 
 @pytest.mark.parametrize("name", ["learning_rate", "gamma", "langevin_lr", "noise", "weight_decay"])
 def test_an_infinite_hyperparameter_raises_an_error_naming_it(name):
-  with pytest.raises(ValueError, match=name):
+  with pytest.raises(ValueError, match=_names(name)):
     entropy_optax.entropy_sgd(**{"learning_rate": 0.1, name: math.inf})
 
 
@@ -250,12 +266,24 @@ def test_non_float_params_raise_an_error_naming_params(dtype):
     tx.update(params, tx.init(params), params)
 
 
-def test_inject_hyperparams_builds_on_bfloat16_params():
-  tx = optax.inject_hyperparams(entropy_optax.entropy_sgd, static_args=("inner_steps",))(
-      learning_rate=0.5, inner_steps=2
+def test_inject_hyperparams_on_bfloat16_params_takes_the_plain_transforms_steps():
+  injected = optax.inject_hyperparams(entropy_optax.entropy_sgd, static_args=("inner_steps",))(
+      learning_rate=0.5, inner_steps=2, key=0
   )
-  params = {"w": jnp.ones(3, jnp.bfloat16)}
-  tx.update(params, tx.init(params), params)
+  plain = entropy_optax.entropy_sgd(0.5, inner_steps=2, key=0)
+  params = {"w": jnp.asarray([1.0, -2.0, 3.0], jnp.bfloat16)}
+  runs = []
+  for tx in (injected, plain):
+    state, p, steps = tx.init(params), params, []
+    for _ in range(2):  # one outer step: two interleaved calls
+      updates, state = tx.update(jax.tree.map(lambda w: 2 * w, p), state, p)
+      p = optax.apply_updates(p, updates)
+      steps.append(updates["w"])
+    runs.append(steps)
+  for injected_step, plain_step in zip(*runs):
+    assert injected_step.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(injected_step, plain_step)
+  assert np.any(np.asarray(runs[0][-1], np.float32) != 0)  # the outer step moved the weights
 
 
 def test_interleaved_mode_accepts_an_outer_state_that_changes_dtype():
