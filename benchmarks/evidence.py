@@ -113,6 +113,30 @@ def pooled_cells(sources: Sequence[tuple[str, list[dict[str, Any]]]]
   return pooled
 
 
+def ranking(values: dict[str, Sequence[float]], digits: int) -> str:
+  """The means, lowest first: an order of the measurements, not a verdict.
+
+  Examples:
+    >>> ranking({"SGD": [2.0, 2.2], "Adam": [1.0, 1.2]}, 2)
+    'Means, lowest first (an order, not a verdict): Adam 1.10, SGD 2.10.'
+  """
+  means = sorted((float(np.mean(v)), name) for name, v in values.items())
+  return ("Means, lowest first (an order, not a verdict): "
+          + ", ".join(f"{name} {mean:.{digits}f}" for mean, name in means) + ".")
+
+
+def orders(results: pathlib.Path = RESULTS) -> list[tuple[str, list[str]]]:
+  """(table heading, its optimizers by mean, lowest first) of every table of the report."""
+  found, heading = [], ""
+  for line in build(results).splitlines():
+    if line.startswith("**") and "effective epochs" in line:
+      heading = line
+    elif line.startswith("Means, lowest first"):
+      entries = line.split(": ", 1)[1].rstrip(".").split(", ")
+      found.append((heading, [e.rsplit(" ", 1)[0] for e in entries]))
+  return found
+
+
 def rerun_command(recs: Sequence[dict[str, Any]], task: str, optimizers: Sequence[str]) -> str:
   """The command that reruns ``optimizers`` side by side (:func:`reproduce.rerun_command`)."""
   from benchmarks import reproduce  # noqa: PLC0415  (imports jax)
@@ -168,6 +192,8 @@ def reproduction_section(sources: Sequence[tuple[str, list[dict[str, Any]]]],
         else:
           row.append("")
       lines.append("| " + " | ".join(row) + " |")
+    lines += ["", ranking({label[o]: [r["metric"][-1] for r in recs]
+                          for o, (_, recs) in present.items()}, 3)]
     if withheld:
       recs_all = [r for _, recs in present.values() for r in recs]
       lines += ["", "Rerun side by side on one machine, at one commit, these cells get verdicts: "
@@ -294,6 +320,9 @@ def tuning_section(db: dict[str, Any], verdicts: list[dict[str, Any]]) -> list[s
         else:
           row.append("")
       lines.append("| " + " | ".join(row) + " |")
+    lines += ["", ranking({LABELS[o] if o != "entropy" else "Entropy-SGD (tuned recipe)":
+                           [c["metric"] for c in finals[o]]
+                           for o in ("sgd", "adam", "sam", "entropy") if finals.get(o)}, 2)]
     if withheld:
       from benchmarks import tune  # noqa: PLC0415  (imports jax)
 

@@ -184,3 +184,108 @@ def test_the_short_cpu_run_on_a_subset_is_in_the_evidence():
   assert ("**mnistfc (MLP, Fashion-MNIST)**: 20 effective epochs (the paper's: 120), 10000 "
           "training images") in text
   assert "| Entropy-SGD (Lua) | `reproduction.json` | CPU, 2 cores |" in text
+
+
+# The words of the README and the docs about results, each tested against the committed records:
+# when a rerun changes what the records say, this fails until the words say it too.
+
+WORD_PAGES = ("README.md", "docs/when.md", "docs/results.md", "docs/index.md")
+
+
+def _pages():
+  return {rel: " ".join((reports.REPO / rel).read_text().split()) for rel in WORD_PAGES}
+
+
+def _records(rel):
+  return list(json.loads((reports.RESULTS / rel).read_text())["runs"].values())
+
+
+def test_the_pages_say_no_verdict_stands_while_every_comparison_is_withheld():
+  pages = _pages()
+  verdicts = evidence.verdicts_of()
+  judged = [v for v in verdicts if v["verdict"] != "n/a"]
+  assert verdicts and not judged, f"a verdict landed: update the words of {WORD_PAGES}: {judged}"
+  assert "No comparison measured here has a verdict yet" in pages["README.md"]
+  assert "No verdict stands yet." in pages["docs/when.md"]
+  assert "No comparison has a verdict yet" in pages["docs/results.md"]
+  assert "no comparison measured here has a verdict yet" in pages["docs/index.md"]
+  # Issue 25: the old words that the records do not bear out stay gone.
+  assert "Adam beats Entropy-SGD on every task" not in pages["docs/results.md"]
+  assert all("sharper" not in text and "never beat" not in text for text in pages.values())
+
+
+def test_the_pages_name_the_cross_machine_cells_as_their_records_do():
+  when = _pages()["docs/when.md"]
+  gpu = _records("gpu/reproduction.json")
+  lstm = [r for r in gpu if r["task"] == "charlstm"]
+  entropy = {(r["provenance"]["backend"], r["provenance"]["cores"], r["provenance"]["jax"])
+             for r in lstm if r["optimizer"] == "entropy"}
+  bases = {(r["provenance"]["device_kind"], r["provenance"]["jax"])
+           for r in lstm if r["optimizer"] != "entropy"}
+  assert entropy == {("cpu", 2, "0.10.2")}
+  assert bases == {("NVIDIA H100 80GB HBM3", "0.11.2")}
+  assert ("Entropy-Adam cell of the H100 run ran on 2 CPU cores with jax 0.10.2 against "
+          "baselines run on the H100 with jax 0.11.2") in when
+  bocconi = {reports.machine(r) for r in _records("paper/reproduction.json")
+             if r["task"] == "mnistfc" and r["optimizer"] == "entropy_bocconi"
+             and r["budget_eff_epochs"] == evidence.PAPER_BUDGET["mnistfc"]}
+  assert bocconi == {"CPU, 2 cores"}
+  assert (f"the Bocconi recipe's mnistfc cell at the paper's {evidence.PAPER_BUDGET['mnistfc']} "
+          "effective epochs ran on 2 CPU cores against the H100's baselines") in when
+  subset = {r["train_items"] for r in _records("reproduction.json")}
+  assert subset == {10000} and "on 2 CPU cores on a subset of 10000 training images" in when
+
+
+def test_the_pages_rank_the_means_as_the_tables_do():
+  pages = _pages()
+  orders = evidence.orders()
+  assert len(orders) >= 5 and all(order[0] == "Adam" for _, order in orders), orders
+  assert "Adam has the lowest mean in every reproduction and in the fair protocol" in pages[
+      "README.md"]
+  assert "Adam has the lowest mean in every one of them, and no Entropy-SGD recipe does" in pages[
+      "docs/when.md"]
+  assert "Adam has the lowest mean in every reproduction and no Entropy-SGD recipe does" in pages[
+      "docs/results.md"]
+  assert "in every reproduction Adam has the lowest mean, no Entropy-SGD recipe does" in pages[
+      "docs/index.md"]
+  # when.md: the Bocconi recipe's mnistfc mean above SGD-Nesterov's and Adam's.
+  mnistfc = next(order for heading, order in orders
+                 if heading.startswith("**mnistfc") and "(the paper's budget)" in heading)
+  assert mnistfc.index("Entropy-SGD (Bocconi)") > max(mnistfc.index("SGD-Nesterov"),
+                                                      mnistfc.index("Adam"))
+  assert "its mean test error on mnistfc was above SGD-Nesterov's and Adam's" in pages[
+      "docs/when.md"]
+
+
+def test_the_pages_say_of_flatness_what_its_records_hold():
+  pages = _pages()
+  runs = json.loads((reports.RESULTS / "flatness.json").read_text())["runs"].values()
+
+  def mean(opt, key):
+    values = [r[key] for r in runs if r["optimizer"] == opt and r.get("reached")]
+    assert values, opt
+    return sum(values) / len(values)
+
+  for recipe in ("lua", "bocconi"):
+    assert mean(recipe, "trace") > mean("sgd", "trace")
+    assert mean(recipe, "test_error") <= mean("sgd", "test_error")
+  assert "have a higher mean Hessian trace than SGD's" in pages["README.md"]
+  assert ("have a higher mean Hessian trace than SGD-Nesterov's, and a test error no higher"
+          in pages["docs/when.md"])
+  assert ("Entropy-SGD's points have the higher mean Hessian trace, at a mean test error no higher"
+          in pages["docs/results.md"])
+
+
+def test_the_char_lstm_check_the_verdicts_page_quotes_holds():
+  if "below 2.0 bits per character on the whole text" in _pages()["docs/when.md"]:
+    assert "**yes**: below 2.0" in evidence.build(), "docs/when.md: the char-LSTM check says no"
+
+
+def test_every_figure_quoted_from_elsewhere_has_a_citation():
+  when = (reports.REPO / "docs/when.md").read_text()
+  section = when[when.index("## Reported elsewhere"):when.index("## The measurements")]
+  items = [" ".join(item.split()) for item in section.split("\n- ")[1:]]
+  assert items
+  for item in items:
+    assert re.search(r"\((?:[^()]*, )?(?:ICLR|NeurIPS|ICML|JMLR|TMLR) \d{4}, arXiv:\d{4}\.\d{4,5}\)",
+                     item), item
