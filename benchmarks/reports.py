@@ -154,7 +154,8 @@ def judge(a_records: Sequence[dict[str, Any]], a_values: Sequence[float],
     >>> a = [{"provenance": p}] * 3
     >>> judge(a, [1.0, 1.1, 0.9], a, [2.0, 2.1, 1.9]).text()
     '**win** (-1.000, p = 0.000)'
-    >>> judge(a, [1.0, 1.1, 0.9], [{"provenance": dict(p, commit="def")}] * 3, [2.0, 2.1, 1.9]).text()
+    >>> b = [{"provenance": dict(p, commit="def")}] * 3
+    >>> judge(a, [1.0, 1.1, 0.9], b, [2.0, 2.1, 1.9]).text()
     'n/a (different commits (abc, def))'
     >>> judge(a, [1.0], a, [2.0, 2.1]).text()
     'n/a (fewer than 2 seeds a side)'
@@ -243,7 +244,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       if not args.check:
         (RESULTS / rel).write_text(text)
   if args.figures and not args.check:
-    from benchmarks import flatness, reproduce  # noqa: PLC0415
+    from benchmarks import flatness  # noqa: PLC0415
+    from benchmarks import reproduce  # noqa: PLC0415
 
     for rel in ("reproduction.json", "gpu/reproduction.json", "paper/reproduction.json"):
       reproduce.write_figures(RESULTS / pathlib.Path(rel).parent,

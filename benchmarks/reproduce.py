@@ -986,7 +986,8 @@ def report_markdown(runs: dict[str, Any], target: Optional[Target] = None) -> st
             f"| {labels[opt]} | {len(recs)} | {reached}{partial} | {final[0]:.3f} ± {final[1]:.3f} "
             f"| {best[0]:.3f} ± {best[1]:.3f} | {paper_text} | {walls} "
             f"| {reports.machines(recs)} | {reports.codes(recs)} | `{recs[0]['command']}` |")
-      complete = {o: recs for o, recs in by_opt.items() if recs and all(r["complete"] for r in recs)}
+      complete = {o: recs for o, recs in by_opt.items()
+                  if recs and all(r["complete"] for r in recs)}
       pairs = [(e, b) for e in ENTROPY_VARIANTS for b in BASELINES
                if e in complete and b in complete]
       if pairs:
