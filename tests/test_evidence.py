@@ -288,3 +288,39 @@ def test_every_figure_quoted_from_elsewhere_has_a_citation():
   for item in items:
     venue = r"(?:ICLR|NeurIPS|ICML|JMLR|TMLR) \d{4}"
     assert re.search(rf"\((?:[^()]*, )?{venue}, arXiv:\d{{4}}\.\d{{4,5}}\)", item), item
+
+
+def test_the_speed_sentences_quote_the_committed_speed_runs():
+  runs = json.loads((reports.RESULTS / "speed_runs_2026-12-01.json").read_text())
+  results = [r for run in runs for r in run["results"] if r["model"] == "mnistfc"]
+  assert len(runs) == 3 and len(results) == 6
+
+  def span(values, digits=2):
+    return f"{min(values):.{digits}f}-{max(values):.{digits}f}x"
+
+  fused = {inner: span([r["ratio_to_optax_sgd"]["entropy_sgd"] for r in results
+                        if r["inner_steps"] == inner]) for inner in (5, 20)}
+  torch = span([r["speedup_vs_torch_per_counted_grad"] for r in results])
+  steps = {r["inner_steps"]: f"{r['ratio_to_optax_sgd']['entropy_train_step']:.2f}x"
+           for r in results if "entropy_train_step" in r["ratio_to_optax_sgd"]}
+  readme, results_page = _pages()["README.md"], _pages()["docs/results.md"]
+  for page in (readme, results_page):
+    assert f"{fused[5]} optax" in page and f"at L = 5 and {fused[20][:-1]}" in page, fused
+    assert f"{torch} faster per counted gradient" in page, torch
+  assert f"`make_train_step` with donation, {steps[5]} and {steps[20]}" in readme, steps
+  memory = json.loads((reports.RESULTS / "speed.json").read_text())["results"][0]["memory_x_params"]
+  entropy, sgd = memory["entropy_sgd"], memory["optax_sgd"]
+  assert (f"The state is {entropy['optimizer_state']:.0f}x the params, and a donated fused step "
+          f"needs {entropy['fused_step_temp']:.2f}x the params in temporaries (optax SGD's scan: "
+          f"{sgd['fused_step_temp']:.2f}x)") in readme
+  # docs/results.md: "On an H100 the gap to SGD was larger, and the lead over PyTorch much larger".
+  h100 = [r for r in json.loads((reports.RESULTS / "gpu/speed.json").read_text())["results"]
+          if r["model"] == "mnistfc"]
+  for r in h100:
+    cpu = [c for c in results if c["inner_steps"] == r["inner_steps"]]
+    assert r["ratio_to_optax_sgd"]["entropy_sgd"] > max(
+        c["ratio_to_optax_sgd"]["entropy_sgd"] for c in cpu)
+    assert r["speedup_vs_torch_per_counted_grad"] > 2 * max(
+        c["speedup_vs_torch_per_counted_grad"] for c in cpu)
+  assert "On an H100 the gap to SGD was larger, and the lead over PyTorch much larger" in (
+      results_page)
