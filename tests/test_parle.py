@@ -1,6 +1,5 @@
 """parle: replicated Entropy-SGD coupled to a reference, on one device (vmap)."""
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -58,8 +57,11 @@ def _run_parle_fused(tx, params, batches, loss=harness.mlp_loss):
 
 
 def _assert_trees_equal(a, b):
-  """Bit for bit: only for values one program carries through unchanged."""
-  chex.assert_trees_all_equal(a, b)
+  """Bit for bit, structure and dtypes too: only for values one program carries through unchanged."""
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    assert x.dtype == y.dtype and x.shape == y.shape
+    np.testing.assert_array_equal(x, y)
 
 
 # Parle runs entropy_sgd's arithmetic under vmap, in another XLA program than
