@@ -200,6 +200,26 @@ def load_idx_folder(folder: PathLike) -> Dataset:
   )
 
 
+def write_idx_folder(folder: PathLike, dataset: Dataset) -> None:
+  """Writes ``dataset`` as an MNIST-format folder (:func:`load_idx_folder` reads it back).
+
+  For tests and small fixtures: the images are rounded to 256 grey levels.
+
+  Args:
+    folder: created when missing; gets the four gzipped ``IDX_FILES``.
+    dataset: one-channel images in [0, 1] and labels in 0-255.
+  """
+  folder = pathlib.Path(folder)
+  folder.mkdir(parents=True, exist_ok=True)
+  to_bytes = lambda x: np.round(np.clip(x[..., 0], 0, 1) * 255).astype(np.uint8)
+  arrays = {
+      "train_images": to_bytes(dataset.x_train), "train_labels": dataset.y_train.astype(np.uint8),
+      "test_images": to_bytes(dataset.x_test), "test_labels": dataset.y_test.astype(np.uint8),
+  }
+  for key, stem in IDX_FILES.items():
+    write_idx(folder / (stem + ".gz"), arrays[key])
+
+
 def download_idx(folder: PathLike, base_url: str, timeout: float = 10.0) -> None:
   """Downloads the four gzipped ``IDX_FILES`` from ``base_url`` into ``folder``.
 

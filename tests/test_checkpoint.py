@@ -59,6 +59,7 @@ def resumed(tmp_path_factory):
   return cases, whole, stopped, results
 
 
+@pytest.mark.slow  # `resumed` resumes every job in a fresh process
 @pytest.mark.parametrize("name,fmt", JOBS)
 def test_run_resumed_in_a_fresh_process_is_bit_identical_to_one_never_stopped(
     name, fmt, resumed
@@ -75,6 +76,7 @@ def test_run_resumed_in_a_fresh_process_is_bit_identical_to_one_never_stopped(
     np.testing.assert_array_equal(actual, e)
 
 
+@pytest.mark.slow  # `resumed`: a fresh process
 @pytest.mark.parametrize("name", list(resume_run.CASES))
 def test_resuming_from_a_fresh_state_instead_lands_elsewhere(name, resumed):
   cases, whole, stopped, _ = resumed

@@ -114,3 +114,12 @@ def test_digits_split_is_a_partition_fixed_by_the_seed():
     data.digits_dataset(n_test=1797)
   with pytest.raises(ValueError, match="fallback must be one of"):
     data.load_dataset("mnist", fallback="zeros")
+
+
+def test_write_idx_folder_round_trips_through_load_idx_folder_to_256_grey_levels(tmp_path):
+  ds = data.synthetic_dataset(n_train=12, n_test=6, seed=2)
+  data.write_idx_folder(tmp_path / "idx", ds)
+  back = data.load_idx_folder(tmp_path / "idx")
+  assert data.has_idx_files(tmp_path / "idx") and back.x_train.shape == ds.x_train.shape
+  np.testing.assert_allclose(back.x_test, ds.x_test, atol=0.5 / 255 + 1e-7)
+  np.testing.assert_array_equal(back.y_train, ds.y_train)

@@ -9,22 +9,10 @@ from benchmarks import datasets as data
 from benchmarks import demo
 
 
-def _tiny_folder(folder):
-  ds = data.synthetic_dataset(n_train=256, n_test=128, seed=1)
-  folder.mkdir()
-  to_bytes = lambda x: np.round(x[..., 0] * 255).astype(np.uint8)
-  arrays = {
-      "train_images": to_bytes(ds.x_train), "train_labels": ds.y_train.astype(np.uint8),
-      "test_images": to_bytes(ds.x_test), "test_labels": ds.y_test.astype(np.uint8),
-  }
-  for key, stem in data.IDX_FILES.items():
-    data.write_idx(folder / (stem + ".gz"), arrays[key])
-
-
 def test_demo_trains_both_optimizers_at_equal_effective_epochs_and_writes_its_report(
     tmp_path, capsys
 ):
-  _tiny_folder(tmp_path / "idx")
+  data.write_idx_folder(tmp_path / "idx", data.synthetic_dataset(n_train=256, n_test=128, seed=1))
   out = tmp_path / "out"
   histories = demo.main([
       "--data-dir", str(tmp_path / "idx"), "--no-download", "--epochs", "1", "--L", "2",

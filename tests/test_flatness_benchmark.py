@@ -9,34 +9,43 @@ import math
 
 import pytest
 
+from benchmarks import datasets as data_lib
 from benchmarks import flatness
 
 pytestmark = pytest.mark.slow
 
 
 def test_flatness_quick_reaches_equal_loss_and_resumes(tmp_path, capsys):
-  out = str(tmp_path)
+  # Files the test writes, the quick configuration's 4,096 training images: the same data on
+  # every machine, whatever Fashion-MNIST it has installed.
+  data_dir = str(tmp_path / "idx")
+  data_lib.write_idx_folder(data_dir, data_lib.synthetic_dataset(n_train=4096, n_test=512, seed=4))
+  results = tmp_path / "out"
+  out = str(results)
+  run = lambda *flags: flatness.main(["--quick", "--data-dir", data_dir, "--out", out, *flags])
   # A first invocation with two of the three optimizers: the third's cells are missing.
-  flatness.main(["--quick", "--out", out, "--optimizers", "sgd", "lua"])
-  markdown = (tmp_path / "flatness.md").read_text()
+  run("--optimizers", "sgd", "lua")
+  markdown = (results / "flatness.md").read_text()
   assert "## Missing" in markdown
-  complete = f"python benchmarks/flatness.py --quick --out {out} --optimizers bocconi"
+  complete = (f"python benchmarks/flatness.py --quick --out {out} --data-dir {data_dir} "
+              "--optimizers bocconi")
   assert f"0 of 2; complete with `{complete}`" in markdown
-  first = json.loads((tmp_path / "flatness.json").read_text())
+  first = json.loads((results / "flatness.json").read_text())
   assert set(first["runs"]) == {"sgd/0", "sgd/1", "lua/0", "lua/1"}
 
   # The full quick command trains only the missing end points.
   capsys.readouterr()
-  flatness.main(["--quick", "--out", out])
+  run()
   printed = capsys.readouterr().out
   for key in first["runs"]:
     assert f"{key}: done, skipped" in printed
   assert "bocconi/0: reached" in printed and "bocconi/1: reached" in printed
-  saved = json.loads((tmp_path / "flatness.json").read_text())
+  saved = json.loads((results / "flatness.json").read_text())
   assert {key: saved["runs"][key] for key in first["runs"]} == first["runs"]
   assert set(saved["runs"]) == {f"{name}/{seed}" for name in flatness.OPTIMIZERS for seed in (0, 1)}
 
   config, tolerance = saved["config"], saved["tolerance"]
+  assert config["data"] == data_dir
   target = config["target_loss"]
   assert config["quick"] and target > 0 and 0 < tolerance < 1
   losses = []
@@ -57,21 +66,21 @@ def test_flatness_quick_reaches_equal_loss_and_resumes(tmp_path, capsys):
     assert len(run["slq_nodes"]) == config["slq_runs"]
   assert max(losses) - min(losses) <= tolerance * target  # equal across optimizers
 
-  markdown = (tmp_path / "flatness.md").read_text()
+  markdown = (results / "flatness.md").read_text()
   assert "## Missing" not in markdown and "## Protocol: equal training loss" in markdown
   assert f"**{target:g}**" in markdown and "(lscpu)" in markdown and saved["machine"]["jax"] in markdown
-  assert f"`python benchmarks/flatness.py --quick --out {out}`" in markdown
+  assert f"`python benchmarks/flatness.py --quick --out {out} --data-dir {data_dir}`" in markdown
   for label in flatness.OPTIMIZERS.values():
     assert label in markdown
   assert "| end points (seeds) | 2 of 2 | 2 of 2 | 2 of 2 |" in markdown
-  assert (tmp_path / "flatness.png").stat().st_size > 0
+  assert (results / "flatness.png").stat().st_size > 0
 
   # The report regenerates from the JSON alone; another configuration is refused, not mixed in.
-  (tmp_path / "flatness.md").unlink()
-  flatness.main(["--quick", "--out", out, "--report-only"])
-  assert (tmp_path / "flatness.md").read_text() == markdown
+  (results / "flatness.md").unlink()
+  run("--report-only")
+  assert (results / "flatness.md").read_text() == markdown
   with pytest.raises(SystemExit, match="another configuration"):
-    flatness.main(["--quick", "--out", out, "--target-loss", "0.5"])
+    run("--target-loss", "0.5")
 
 
 def test_flatness_cli(capsys):
