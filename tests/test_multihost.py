@@ -24,6 +24,9 @@ import time
 import numpy as np
 import pytest
 
+# Two worker processes, each compiling its programs: seconds to minutes, in make test-slow.
+pytestmark = pytest.mark.slow
+
 WORKER = pathlib.Path(__file__).resolve().parent / "multihost_worker.py"
 NUM_PROCESSES = 2
 LOCAL_DEVICES = 4

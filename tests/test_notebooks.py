@@ -35,7 +35,10 @@ NAMES = _execute.NOTEBOOKS
 
 @pytest.fixture(scope="module")
 def executed():
-  """Each notebook run at the tiny budget in a fresh kernel, run on first use."""
+  """Each notebook run at the tiny budget in a fresh kernel, run on first use.
+
+  A Jupyter kernel is another process: the tests that use this are marked slow.
+  """
   cache = {}
 
   def run(name):
@@ -62,6 +65,7 @@ def _has_figure(cell):
   return any("image/png" in o.get("data", {}) for o in cell.outputs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_notebook_runs_top_to_bottom_in_a_fresh_kernel_without_an_error_output(executed, name):
   notebook = executed(name)  # nbclient raises CellExecutionError on the first failing cell
@@ -70,6 +74,7 @@ def test_notebook_runs_top_to_bottom_in_a_fresh_kernel_without_an_error_output(e
   assert all(cell.execution_count is not None for cell in _code_cells(notebook))
 
 
+@pytest.mark.slow
 def test_quickstart_plots_the_training_curves_and_all_three_optimizers_learn(executed):
   notebook = executed("quickstart.ipynb")
   [training] = [c for c in _code_cells(notebook) if "training-curves" in c.metadata.get("tags", [])]
@@ -80,17 +85,20 @@ def test_quickstart_plots_the_training_curves_and_all_three_optimizers_learn(exe
   assert all(float(accuracy) > 0.5 for accuracy in final.values())
 
 
+@pytest.mark.slow
 def test_quickstart_one_outer_step_in_either_mode_gives_the_same_anchor_to_float_rounding(executed):
   text = _all_text(executed("quickstart.ipynb"))
   gap = float(re.search(r"fused anchor\| over all weights:\s+(\S+)", text).group(1))
   assert gap < 1e-5
 
 
+@pytest.mark.slow
 def test_quickstart_training_resumed_from_the_orbax_checkpoint_is_bit_identical(executed):
   text = _all_text(executed("quickstart.ipynb"))
   assert "training resumed from the checkpoint is bit-identical: True" in text
 
 
+@pytest.mark.slow
 def test_wide_valleys_local_entropy_prefers_the_wide_valley_for_small_gamma_only(executed):
   notebook = executed("wide_valleys.ipynb")
   gaps = {float(g): float(d) for g, d in
@@ -99,6 +107,7 @@ def test_wide_valleys_local_entropy_prefers_the_wide_valley_for_small_gamma_only
   assert gaps[30.0] < 0  # large gamma: F is f again, lowest in the sharp well
 
 
+@pytest.mark.slow
 def test_wide_valleys_draws_every_figure_and_measures_both_minima(executed):
   notebook = executed("wide_valleys.ipynb")
   assert sum(_has_figure(cell) for cell in _code_cells(notebook)) == 5

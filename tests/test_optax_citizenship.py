@@ -222,6 +222,7 @@ _SHARDING_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a subprocess on 8 simulated devices
 def test_state_leaves_keep_their_params_sharding_and_numbers_on_8_devices():
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
              JAX_PLATFORMS="cpu")

@@ -40,6 +40,7 @@ import types
 import unittest
 
 import optax
+import pytest
 
 import entropy_optax
 
@@ -155,6 +156,10 @@ _conformance.ContribTest.skipTest = _no_skips
 
 # pytest collects this absltest (unittest) class.
 ContribTest = _conformance.ContribTest
+# Its convergence cases run 30,000 jitted steps each: make test-slow.
+for _name in unittest.TestLoader().getTestCaseNames(ContribTest):
+  if re.fullmatch(r"test_optimizers\d+", _name):
+    setattr(ContribTest, _name, pytest.mark.slow(getattr(ContribTest, _name)))
 
 # Cases per entry that each test method of optax 0.2.x generates.
 _CASES_PER_ENTRY = {

@@ -14,6 +14,9 @@ import sys
 
 import pytest
 
+# One subprocess on 8 simulated devices runs every check: make test-slow.
+pytestmark = pytest.mark.slow
+
 SCRIPT = pathlib.Path(__file__).resolve().parent / "sharding_checks.py"
 # float32 gradients summed over 8 batch shards in another order: a few ulps.
 CROSS_SHARD_ATOL = 1e-6
