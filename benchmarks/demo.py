@@ -271,8 +271,8 @@ def main(argv: Optional[Sequence[str]] = None) -> list[History]:
   data_name = "digits" if dataset.source.startswith(data_lib.DIGITS_SOURCE) else args.dataset
   print(f"data: {dataset.source}")
   if data_name != args.dataset:
-    print(f"note: running on scikit-learn's digits, not {args.dataset}; the numbers below "
-          f"are digits' numbers")
+    print(f"note: no {args.dataset} here: scikit-learn's handwritten digits stand in for it, "
+          f"and every number below is about the digits")
   print(f"      {len(dataset.y_train)} training / {len(dataset.y_test)} test images; "
         f"model {args.model}; batch {args.batch_size}; seed {args.seed}; jax on "
         f"{jax.default_backend()}")
