@@ -158,6 +158,14 @@ def machine_label(prov: dict[str, Any]) -> str:
   return f"{prov['cpu']}, {prov['cores']} cores"
 
 
+def same_origin(a: dict[str, Any], b: dict[str, Any]) -> bool:
+  """Whether two provenances name the same known, clean code on the same machine and jax."""
+  keys = ("commit", "dirty", "jax", "jaxlib")
+  known = all(not p.get("legacy") and p.get("commit", UNKNOWN) != UNKNOWN for p in (a, b))
+  return known and machine_label(a) == machine_label(b) and all(
+      a.get(k) == b.get(k) for k in keys)
+
+
 def comparable(a: dict[str, Any], b: dict[str, Any]) -> tuple[bool, str]:
   """Whether two records' results may be compared in a verdict, and why not.
 
@@ -175,10 +183,14 @@ def comparable(a: dict[str, Any], b: dict[str, Any]) -> tuple[bool, str]:
     (False, 'different commits (abc, def)')
     >>> comparable(p, {"legacy": True})[1]
     'provenance unknown'
+    >>> comparable(p, dict(p, resumed_from=[dict(p, commit="0ld")]))[1]
+    'resumed across machines or code versions'
   """
   for p in (a, b):
     if p.get("legacy") or p.get("commit", UNKNOWN) == UNKNOWN:
       return False, "provenance unknown"
+    if any(not same_origin(earlier, p) for earlier in p.get("resumed_from", ())):
+      return False, "resumed across machines or code versions"
     if p.get("dirty") is not False:
       return False, "uncommitted code"
   if machine_label(a) != machine_label(b):

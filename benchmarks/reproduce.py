@@ -614,7 +614,8 @@ def run_cell(task: Task, optimizer: str, seeds: Sequence[int], budget: Budget,
              deadline: float, *, unroll: bool = False,
              checkpoints: Optional[pathlib.Path] = None,
              on_block: Optional[Callable[[list[dict[str, Any]]], None]] = None,
-             max_blocks: Optional[int] = None) -> list[dict[str, Any]]:
+             max_blocks: Optional[int] = None,
+             origin: Optional[dict[str, Any]] = None) -> list[dict[str, Any]]:
   """Trains ``seeds`` side by side; returns a record per seed.
 
   Args:
@@ -631,6 +632,11 @@ def run_cell(task: Task, optimizer: str, seeds: Sequence[int], budget: Budget,
     on_block: called with the records so far after every evaluation block.
     max_blocks: stop after this many evaluation blocks in this call
       (checkpointed; a later call resumes).
+    origin: this call's :func:`provenance.provenance`. A resumed cell keeps
+      the provenance of every call that trained it (a checkpoint from before
+      provenance counts as unknown): its records' ``provenance`` is this
+      call's, with ``resumed_from`` listing the earlier ones, so that a cell
+      trained partly by other code or on another machine is never judged.
 
   Returns:
     A record per seed: the curves of test metric and train loss.
@@ -651,6 +657,10 @@ def run_cell(task: Task, optimizer: str, seeds: Sequence[int], budget: Budget,
       print(f"  {name}: the checkpoint in {checkpoints} is of another cell; starting afresh",
             flush=True)
       delete_checkpoint(checkpoints)
+  # A checkpoint written before provenance existed was trained by unknown code.
+  origins = meta.setdefault("origins", [provenance.legacy({})] if meta["blocks"] else [])
+  if origin is not None and not (origins and provenance.same_origin(origins[-1], origin)):
+    origins.append(origin)
   seconds_before = meta["seconds"]
   curves = meta["curves"]
 
@@ -667,6 +677,8 @@ def run_cell(task: Task, optimizer: str, seeds: Sequence[int], budget: Budget,
         "minibatches_per_call": cell.per_call, "inner_steps": cell.inner_steps,
         "unroll": unroll, "train_items": task.n_items, "batch_size": task.batch_size,
         "metric_name": task.metric, "data": task.source,
+        **({"provenance": dict(origins[-1], resumed_from=origins[:-1]) if len(origins) > 1
+            else origins[-1]} if origins else {}),
     } for i, seed in enumerate(cell.seeds)]
 
   blocks_run = 0
@@ -1261,7 +1273,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         def store(records: list[dict[str, Any]], name: str = name, opt: str = opt,
                   budget: Budget = budget, tag: str = tag) -> None:
           for record in records:
-            record.update(command=command, device=device, provenance=origin, budget={
+            record.setdefault("provenance", origin)
+            record.update(command=command, device=device, budget={
                 "eff_epochs": budget.total, "train_size": budget.train_size, "quick": args.quick})
             key = record_key(name, opt, record["seed"], tag)
             runs["runs"][key] = record
@@ -1270,7 +1283,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
 
         store(run_cell(task, opt, missing(opt), budget, deadline, unroll=unroll,
                        checkpoints=out / "checkpoints" / f"{name}-{opt}" / tag,
-                       on_block=store, max_blocks=args.max_blocks))
+                       on_block=store, max_blocks=args.max_blocks, origin=origin))
     runs["sessions"].append({"command": command, "device": device,
                              "wall_seconds": round(time.time() - start, 1)})
     save()

@@ -166,7 +166,27 @@ def test_an_interrupted_cell_resumes_from_its_checkpoint_to_the_uninterrupted_re
     assert resumed[key]["complete"]
     for field in ("eff_epochs", "metric", "train_loss"):
       assert resumed[key][field] == record[field], (key, field)
+    # Resumed by the same code on the same machine: one origin, nothing to hold against it.
+    assert "resumed_from" not in resumed[key]["provenance"]
   assert not (out / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_a_cell_resumed_by_other_code_keeps_both_origins_and_is_never_judged(tmp_path,
+                                                                            monkeypatch):
+  args = ["--quick", "--tasks", "mnistfc", "--optimizers", "sgd", "--out", str(tmp_path),
+          "--max-blocks", "1"]
+  real = provenance.provenance
+  first = reproduce.main(args)["runs"]
+  monkeypatch.setattr(provenance, "provenance",
+                      lambda *a, **k: dict(real(*a, **k), commit="f" * 40, dirty=False))
+  resumed = reproduce.main(args)["runs"]
+  for key, record in resumed.items():
+    origin = record["provenance"]
+    assert record["complete"] and origin["commit"] == "f" * 40
+    assert [o["commit"] for o in origin["resumed_from"]] == [first[key]["provenance"]["commit"]]
+    assert provenance.comparable(origin, dict(origin, resumed_from=[])) == (
+        False, "resumed across machines or code versions")
 
 
 def test_a_larger_budget_reruns_cells_complete_only_at_a_smaller_one(tmp_path):
