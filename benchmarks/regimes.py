@@ -378,6 +378,7 @@ def plot_map(path: pathlib.Path, db: dict[str, Any], preset: Preset) -> bool:
   import matplotlib.pyplot as plt
 
   fig, axes = plt.subplots(2, len(AXES), figsize=(4 * len(AXES), 6.4), squeeze=False)
+  labelled: set[str] = set()
   for col, (axis, names) in enumerate(AXES.items()):
     for row, metric in enumerate(("final", "best_val")):
       ax = axes[row][col]
@@ -393,7 +394,8 @@ def plot_map(path: pathlib.Path, db: dict[str, Any], preset: Preset) -> bool:
         xs = x * shift if axis != "label noise %" else x + 0.6 * (k - 2)
         ax.errorbar(xs, [v.mean() for v in y], [v.std(ddof=1) if len(v) > 1 else 0 for v in y],
                     color=COLORS[opt], marker="o", ms=4, capsize=2, lw=1.3,
-                    label=LABELS[opt] if (row, col) == (0, 0) else None)
+                    label=None if opt in labelled else LABELS[opt])
+        labelled.add(opt)
       ticks = sorted({axis_value(n, axis, preset) for n in names})
       if axis != "label noise %":
         ax.set_xscale("log")
@@ -500,7 +502,8 @@ def write_report(out: pathlib.Path, db: dict[str, Any], preset: Preset, command:
 
 
 def complete_command(command: str, regime: str, optimizer: str) -> str:
-  argv = tune._strip(shlex.split(command)[3:], ("--regimes", "--optimizers", "--time-limit"))
+  argv = tune._strip(shlex.split(command)[3:], ("--regimes", "--optimizers", "--time-limit",
+                                                "--report-only"))
   return shlex.join(["python", "-m", "benchmarks.regimes", *argv, "--regimes", regime,
                      "--optimizers", optimizer])
 
