@@ -498,6 +498,7 @@ def write_report(out: pathlib.Path, db: dict[str, Any], preset: Preset, command:
   lines += ["## Missing", ""] + (missing or ["None: every cell is measured."]) + [""]
   text = "\n".join(lines)
   (out / "regimes.md").write_text(text)
+  (out / "findings.md").write_text("".join(f"- {line}\n" for line in findings(db, preset)))
   return text
 
 

@@ -121,3 +121,12 @@ def test_quick_map_records_regime_provenance_and_both_test_errors_then_resumes(t
   before = json.loads((out / "regimes.json").read_text())["cells"]
   again = regimes.main(args)
   assert again["cells"] == before and again["sessions"][-1]["runs"] == 0
+
+
+def test_the_readme_and_the_findings_page_say_what_the_committed_map_shows():
+  results = regimes.HERE / "results" / "regimes"
+  db = json.loads((results / "regimes.json").read_text())
+  lines = regimes.findings(db, regimes.PRESETS["cpu"])
+  readme = " ".join((regimes.HERE.parent / "README.md").read_text().split())
+  assert "So far: " + " ".join(lines) in readme
+  assert (results / "findings.md").read_text() == "".join(f"- {line}\n" for line in lines)
