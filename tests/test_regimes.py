@@ -130,3 +130,11 @@ def test_the_readme_and_the_findings_page_say_what_the_committed_map_shows():
   readme = " ".join((regimes.HERE.parent / "README.md").read_text().split())
   assert "So far: " + " ".join(lines) in readme
   assert (results / "findings.md").read_text() == "".join(f"- {line}\n" for line in lines)
+
+
+def test_the_committed_report_is_its_rebuild_from_the_committed_records(tmp_path):
+  results = regimes.HERE / "results" / "regimes"
+  db = json.loads((results / "regimes.json").read_text())
+  regimes.write_report(tmp_path, db, regimes.PRESETS["cpu"], "python -m benchmarks.regimes")
+  for name in ("regimes.md", "findings.md"):
+    assert (tmp_path / name).read_text() == (results / name).read_text(), name
