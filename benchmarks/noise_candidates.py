@@ -1,10 +1,19 @@
-"""What the Langevin noise costs, generator by generator, as a fraction of an SGD step.
+"""The Langevin noise, generator by generator: how independent its draws are, and what it costs.
 
-Every candidate turns a step's key into N(0, 1) draws shaped like the mnistfc
-parameters (784-1024-1024-10 MLP, 1.86 M float32) and is timed two ways, in one
-process, candidates alternating (A B C ... A B C ..., the order rotating from
-round to round; each timing is the fastest of ``--burst`` back-to-back calls,
-which keeps out most of what other processes on a shared machine add):
+**Quality** (:func:`measure_quality`): the statistics of
+``benchmarks/noise_quality.py``, as tests/test_noise_independence.py takes
+them, for every float32 candidate and for numpy's independent normals in the
+same computation: the largest |correlation| over all lags of z and of |z|,
+within a step, between consecutive steps and between two leaves; and for the
+counter-based candidates, the autocorrelation over all lags of each bit field
+the draw sums.
+
+**Cost** (:func:`measure`): every candidate turns a step's key into N(0, 1)
+draws shaped like the mnistfc parameters (784-1024-1024-10 MLP, 1.86 M
+float32) and is timed two ways, in one process, candidates alternating (A B C
+... A B C ..., the order rotating from round to round; each timing is the
+fastest of ``--burst`` back-to-back calls, which keeps out most of what other
+processes on a shared machine add):
 
 * standalone: ``STEPS`` draws of the whole pytree in one jitted ``lax.scan``,
   each written to memory (the draw alone);
@@ -22,28 +31,35 @@ the median and the spread over rounds.
 Candidates (all but ``threefry`` are counter-based: the draw of an element is a
 function of (key words, the element's index within its leaf)):
 
-* bits: ``mix2`` = two keyed rounds of the lowbias32 integer hash (the old
-  generator's bits); ``mix1`` = one round of lowbias32 on (index + w0) xor w1;
+* bits: ``triple32`` = one round of the triple32 integer hash (three
+  xorshift-multiplies) on (index + w0) xor w1, the package's since 0.3;
+  ``mix1`` = one round of lowbias32 (two xorshift-multiplies) on the same, the
+  package's in 0.2 (kept here only); ``mix2`` = two rounds of lowbias32, the
+  key's second word xored in between; ``philox`` = Philox-2x32-10 on the
+  counter (index, w0) with key w1; ``squares`` = Widynski's squares32 on the
+  counter index with the key (w0, w1 | 1), 64-bit arithmetic on uint32 pairs;
 * transforms of the bits: ``table`` (2^16-cell normal-quantile table, one
-  gather: the old ``"hash"``), ``erfinv`` (Giles' erfinv on 2^23 cells: the old
+  gather: the 0.1 ``"hash"``), ``erfinv`` (Giles' erfinv on 2^23 cells: the 0.1
   ``"hash_erfinv"``), ``ih3`` (the sum of three uniform fields of 10, 10 and 11
   bits mapped to N(0, 1) by an odd degree-9 polynomial: no gather, no
-  transcendental), ``sqrtpoly`` (the quantile as a degree-7 polynomial in
-  sqrt(-log2 v), log2 from the float's exponent and a degree-5 polynomial of
-  its mantissa), ``boxmuller`` (pairs of elements share one hash word: radius
-  from its top 16 bits, angle from its low 16, cos / sin by polynomials),
-  ``uniform`` (the bits as a float only: what the hash alone costs);
+  transcendental; the package's), ``sqrtpoly`` (the quantile as a degree-7
+  polynomial in sqrt(-log2 v), log2 from the float's exponent and a degree-5
+  polynomial of its mantissa), ``boxmuller`` (pairs of elements share one hash
+  word: radius from its top 16 bits, angle from its low 16, cos / sin by
+  polynomials), ``uniform`` (the bits as a float only: what the hash alone
+  costs);
 * ``threefry``: ``jax.random.normal`` per leaf;
-* dtype: the chosen transform for bfloat16 leaves, computed in float32 and cast
-  (``*_bf16_via_f32``) or evaluated in bfloat16 (``*_bf16_native``), timed
-  against the same bfloat16 Langevin step without noise;
+* dtype: ``ih3`` for bfloat16 leaves, computed in float32 and cast (``via
+  f32``) or evaluated in bfloat16 (``native``), timed against the same
+  bfloat16 Langevin step without noise (no quality columns);
 * ``package``: ``entropy_optax._src.noise.standard_normal_like`` as it is in
   this checkout (its default generator), loaded from its file.
 
 Usage::
 
-  python benchmarks/noise_candidates.py                       # writes results/noise_candidates.{md,json}
-  python benchmarks/noise_candidates.py --repeats 3 --out /tmp/noise
+  python -m benchmarks.noise_candidates                     # writes results/noise_candidates.{md,json}
+  python -m benchmarks.noise_candidates --part quality      # one part, keeping the other's record
+  python -m benchmarks.noise_candidates --repeats 3 --out /tmp/noise
 """
 
 from __future__ import annotations
@@ -51,9 +67,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import pathlib
-import platform
 import statistics
 import sys
 import time
@@ -65,6 +79,8 @@ import numpy as np
 import optax
 import scipy.special
 
+from benchmarks import noise_quality
+from benchmarks import provenance
 from entropy_optax._src import noise as noise_lib
 
 BATCH = 128
@@ -96,8 +112,13 @@ def mnistfc_loss(params, batch):
 # ----------------------------------------------------------------------------- bits
 
 
-# lowbias32, the package's own hash: every candidate hashes with it.
-_mix32 = noise_lib._mix32
+def _mix32(h: jax.Array) -> jax.Array:
+  """lowbias32 (xorshift-multiply, two multiplies): the 0.2 generator's hash."""
+  h = h ^ (h >> 16)
+  h = h * jnp.uint32(0x7FEB352D)
+  h = h ^ (h >> 15)
+  h = h * jnp.uint32(0x846CA68B)
+  return h ^ (h >> 16)
 
 
 def _index(offset: jax.Array, shape: tuple[int, ...]) -> jax.Array:
@@ -115,7 +136,61 @@ def bits_mix2(words: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 
 
 def bits_mix1(words: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """The 0.2 generator's bits: one lowbias32 round (kept here, no longer in the package)."""
   return _mix32(_index(words[0], shape) ^ words[1])
+
+
+def bits_triple32(words: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """The package's bits (``noise.hash_bits``): one triple32 round on the keyed index."""
+  return noise_lib._hash32(_index(words[0], shape) ^ words[1])
+
+
+def _mulhilo(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The high and low words of the 64-bit product of two uint32, from 16-bit halves."""
+  mask = jnp.uint32(0xFFFF)
+  al, ah, bl, bh = a & mask, a >> 16, b & mask, b >> 16
+  ll, lh, hl = al * bl, al * bh, ah * bl
+  mid = (ll >> 16) + (lh & mask) + (hl & mask)
+  return ah * bh + (lh >> 16) + (hl >> 16) + (mid >> 16), a * b
+
+
+def bits_philox(words: jax.Array, shape: tuple[int, ...], rounds: int = 10) -> jax.Array:
+  """Philox-2x32 (Salmon et al. 2011) on the counter (index, words[0]) with key
+  words[1]; the first output word. The 32 x 32 -> 64 product is built from
+  16-bit halves (XLA has no uint32 mulhi)."""
+  left = _index(jnp.uint32(0), shape)
+  right = jnp.broadcast_to(words[0], shape)
+  key = words[1]
+  for _ in range(rounds):
+    hi, lo = _mulhilo(jnp.uint32(0xD256D193), left)
+    left, right = hi ^ key ^ right, lo
+    key = key + jnp.uint32(0x9E3779B9)
+  return left
+
+
+def _mul64(a: tuple[jax.Array, jax.Array], b: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+  """(high, low) words of the low 64 bits of a 64 x 64-bit product."""
+  hi, lo = _mulhilo(a[1], b[1])
+  return hi + a[1] * b[0] + a[0] * b[1], lo
+
+
+def _add64(a: tuple[jax.Array, jax.Array], b: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+  lo = a[1] + b[1]
+  return a[0] + b[0] + (lo < a[1]).astype(jnp.uint32), lo
+
+
+def bits_squares(words: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """Widynski's squares32 (arXiv:2004.06278): four rounds of x <- x^2 + y and a
+  32-bit rotation in 64-bit arithmetic, here on pairs of uint32 words, with
+  the counter ``index`` and the odd key (words[0], words[1] | 1) (random key
+  words, not the paper's generated keys: squares-style)."""
+  key = (jnp.broadcast_to(words[0], shape), jnp.broadcast_to(words[1] | jnp.uint32(1), shape))
+  x = y = _mul64((jnp.zeros(shape, jnp.uint32), _index(jnp.uint32(0), shape)), key)
+  z = _add64(y, key)
+  for add in (y, z, y):
+    x = _add64(_mul64(x, x), add)
+    x = (x[1], x[0])
+  return _add64(_mul64(x, x), z)[0]
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -276,6 +351,7 @@ def counter_based(bits_fn: Callable, transform: Callable, dtype: Any = None) -> 
       out.append(z.astype(leaf.dtype))
     return jax.tree.unflatten(treedef, out)
 
+  draw.bits = bits_fn  # for the bit-level quality columns
   return draw
 
 
@@ -305,7 +381,9 @@ def package_generator() -> Callable | None:
   except Exception as e:  # noqa: BLE001
     print(f"package noise.py not loadable ({e}): skipping 'package'")
     return None
-  return lambda key, tree: module.standard_normal_like(key, tree)
+  draw = lambda key, tree: module.standard_normal_like(key, tree)
+  draw.bits = module.hash_bits
+  return draw
 
 
 def candidates() -> dict[str, tuple[Callable, str]]:
@@ -319,7 +397,10 @@ def candidates() -> dict[str, tuple[Callable, str]]:
       "mix2 + boxmuller": (pair_based, "float32"),
       "mix2 + uniform (hash only)": (counter_based(bits_mix2, uniform), "float32"),
       "mix1 + table": (counter_based(bits_mix1, normal_table), "float32"),
-      "mix1 + ih3": (counter_based(bits_mix1, normal_ih3), "float32"),
+      "mix1 + ih3 (0.2's hash)": (counter_based(bits_mix1, normal_ih3), "float32"),
+      "triple32 + ih3": (counter_based(bits_triple32, normal_ih3), "float32"),
+      "philox + ih3": (counter_based(bits_philox, normal_ih3), "float32"),
+      "squares + ih3": (counter_based(bits_squares, normal_ih3), "float32"),
       "mix1 + uniform (hash only)": (counter_based(bits_mix1, uniform), "float32"),
       "mix1 + ih3, bf16 leaves, via f32": (counter_based(bits_mix1, normal_ih3), "bfloat16"),
       "mix1 + ih3, bf16 leaves, native": (counter_based(bits_mix1, normal_ih3, jnp.bfloat16), "bfloat16"),
@@ -469,28 +550,62 @@ def measure(repeats: int, steps: int, burst: int = 3, only: list[str] | None = N
   return results
 
 
-def machine() -> dict[str, Any]:
-  cpu = platform.processor()
-  try:
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("model name"):
-        cpu = line.split(":", 1)[1].strip()
-        break
-  except OSError:
-    pass
-  return {"cpu": cpu, "cores": os.cpu_count(), "jax": jax.__version__,
-          "backend": jax.default_backend(), "python": platform.python_version()}
+QUALITY_SHAPE = (1000, 1000)
+QUALITY_STEPS = 8
 
 
-def write_markdown(path: pathlib.Path, command: str, info: dict, repeats: int, steps: int, burst: int,
-                   r: dict) -> None:
+def measure_quality(only: list[str] | None = None) -> dict[str, Any]:
+  """benchmarks/noise_quality.py's statistics for every float32 candidate, and for numpy.
+
+  Per relation (within a step, between consecutive steps, between two leaves),
+  the largest |lag correlation| over all lags and ``QUALITY_STEPS`` step keys of
+  z and of |z| on two ``QUALITY_SHAPE`` leaves, as in
+  tests/test_noise_independence.py; and for counter-based candidates the
+  largest autocorrelation over all lags of the three fields that ``ih3`` sums,
+  in standard errors, over 8 keys on 2^20 indices.
+  """
+  n = int(np.prod(QUALITY_SHAPE))
+  tree = {"a": jnp.zeros(QUALITY_SHAPE), "b": jnp.zeros(QUALITY_SHAPE)}
+  rng = np.random.default_rng(0)
+  rounded = lambda maxima: {r: [round(float(v), 5) for v in m] for r, m in maxima.items()}
+  uniform_words = (rng.integers(0, 2**32, 1 << 20, dtype=np.uint64).astype(np.uint32) for _ in range(8))
+  results: dict[str, Any] = {"numpy": {
+      "relations": rounded(noise_quality.relation_maxima(noise_quality.independent_normals(n), QUALITY_STEPS)),
+      "fields": [round(float(v), 2) for v in noise_quality.field_maxima(uniform_words)],
+  }}
+  cands = {name: draw for name, (draw, dtype) in candidates().items() if dtype == "float32"}
+  if only:
+    cands = {name: c for name, c in cands.items() if any(o in name for o in only)}
+  key_words = lambda k: jax.random.bits(jax.random.fold_in(jax.random.key(1), k), (2,), jnp.uint32)
+  for name, draw in cands.items():
+    run = jax.jit(lambda k, draw=draw: draw(jax.random.fold_in(jax.random.key(0), k), tree))
+    maxima = noise_quality.relation_maxima(
+        lambda k, run=run: tuple(np.asarray(v, np.float64).ravel() for v in run(k).values()), QUALITY_STEPS)
+    entry: dict[str, Any] = {"relations": rounded(maxima)}
+    bits_fn = getattr(draw, "bits", None)
+    if bits_fn is not None:
+      words = jax.jit(lambda k, bits_fn=bits_fn: bits_fn(key_words(k), (1 << 20,)))
+      fields = noise_quality.field_maxima(np.asarray(words(k)) for k in range(8))
+      entry["fields"] = [round(float(v), 2) for v in fields]
+    results[name] = entry
+    print(f"quality: {name}", entry, flush=True)
+  return results
+
+
+def _machine(prov: dict[str, Any]) -> str:
+  return (f"{prov['cpu']}, {prov['cores']} cores, JAX {prov['jax']} on {prov['backend']}; commit "
+          f"{prov['commit'][:7]}{' (with uncommitted changes)' if prov['dirty'] else ''}, {prov['started']}")
+
+
+def cost_markdown(record: dict[str, Any]) -> list[str]:
+  r, repeats, steps, burst = record["results"], record["repeats"], record["steps"], record["burst"]
   f = lambda s: f"{s['median']:.3f} [{s['q1']:.3f}, {s['q3']:.3f}] ({s['min']:.3f}..{s['max']:.3f})"
   lines = [
-      "# The Langevin noise: candidates side by side",
+      "## Cost",
       "",
-      f"Command: `{command}`",
+      f"Command: `{record['command']}`",
       "",
-      f"Machine: {info['cpu']}, {info['cores']} cores, JAX {info['jax']} on {info['backend']}.",
+      f"Machine: {_machine(record['provenance'])}.",
       f"{repeats} rounds, candidates alternating within each round (order rotating); {steps} steps per",
       f"timed call; each timing the fastest of {burst} back-to-back calls; the fused cost is paired with",
       "the noiseless Langevin step timed just before it;",
@@ -511,7 +626,61 @@ def write_markdown(path: pathlib.Path, command: str, info: dict, repeats: int, s
     lines.append(
         f"| {name} | {f(e['fused_fraction_of_sgd_step'])} | {e['fused_ns_per_normal']:.3f} | "
         f"{f(alone) if alone else '-'} | {e.get('standalone_ns_per_normal', '-')} |")
-  path.write_text("\n".join(lines) + "\n")
+  return lines
+
+
+def quality_markdown(record: dict[str, Any], slack: float = 1.3) -> list[str]:
+  r = record["results"]
+  independent = r["numpy"]
+  lines = [
+      "## Quality",
+      "",
+      f"Command: `{record['command']}`",
+      "",
+      f"Machine: {_machine(record['provenance'])}.",
+      "The largest |correlation| over all lags below 500,000 (each lag's scaled to the spread of",
+      f"lag 0, benchmarks/noise_quality.py) of z and of |z|, over {QUALITY_STEPS} step keys on two",
+      "1000 x 1000 leaves:",
+      "within one leaf and step, between one leaf's consecutive steps, between the two leaves of a step;",
+      "in brackets, as a multiple of numpy's independent normals in the same computation (first row).",
+      "Fields: the largest autocorrelation over all lags of each of the three bit fields that ih3",
+      "sums (bits 1-10, 11-20, 21-31), in standard errors, over 8 keys on 2^20 indices (numpy:",
+      "uniform words).",
+      f"Verdict: every ratio <= {slack}, the bound of tests/test_noise_independence.py.",
+      "",
+      "| candidate | within a step: z, abs z | between steps: z, abs z | between leaves: z, abs z "
+      "| fields | verdict |",
+      "|---|---|---|---|---|---|",
+  ]
+  for name, e in r.items():
+    ratios = []
+    cells = []
+    for relation in noise_quality.RELATIONS:
+      got, base = e["relations"][relation], independent["relations"][relation]
+      rs = [g / b for g, b in zip(got, base, strict=True)]
+      ratios += rs
+      cells.append(", ".join(f"{g:.4f}" + ("" if name == "numpy" else f" ({x:.2f})")
+                             for g, x in zip(got, rs, strict=True)))
+    fields = e.get("fields")
+    if fields is not None:
+      rs = [g / b for g, b in zip(fields, independent["fields"], strict=True)]
+      ratios += rs
+      cells.append(", ".join(f"{g:.1f}" + ("" if name == "numpy" else f" ({x:.2f})")
+                             for g, x in zip(fields, rs, strict=True)))
+    else:
+      cells.append("-")
+    worst = max(ratios)
+    verdict = "-" if name == "numpy" else ("passes" if worst <= slack else f"fails ({worst:.2f}x)")
+    lines.append(f"| {name} | " + " | ".join(cells) + f" | {verdict} |")
+  return lines
+
+
+def write_markdown(path: pathlib.Path, record: dict[str, Any]) -> None:
+  lines = ["# The Langevin noise: candidates side by side", ""]
+  for part, render in (("quality", quality_markdown), ("cost", cost_markdown)):
+    if part in record:
+      lines += render(record[part]) + [""]
+  path.write_text("\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -520,18 +689,27 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--steps", type=int, default=20, help="steps per timed call")
   parser.add_argument("--burst", type=int, default=3, help="back-to-back calls per timing (the fastest counts)")
   parser.add_argument("--only", nargs="+", help="candidates whose names contain one of these strings")
+  parser.add_argument("--part", choices=("quality", "cost", "both"), default="both",
+                      help="measure one part only, keeping the other part of an existing --out record")
   parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results" / "noise_candidates"))
   args = parser.parse_args(argv)
-  command = "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
-  info = machine()
-  results = measure(args.repeats, args.steps, args.burst, args.only)
+  command = "python -m benchmarks.noise_candidates " + " ".join(
+      f"'{a}'" if " " in a else a for a in (sys.argv[1:] if argv is None else argv))
   out = pathlib.Path(args.out)
+  record: dict[str, Any] = {}
+  if args.part != "both" and out.with_suffix(".json").exists():
+    record = json.loads(out.with_suffix(".json").read_text())
+    record = {part: record[part] for part in ("quality", "cost") if part in record}
+  if args.part in ("quality", "both"):
+    record["quality"] = {"command": command, "provenance": provenance.provenance(command),
+                         "results": measure_quality(args.only)}
+  if args.part in ("cost", "both"):
+    prov = provenance.provenance(command)
+    record["cost"] = {"command": command, "provenance": prov, "repeats": args.repeats, "steps": args.steps,
+                      "burst": args.burst, "results": measure(args.repeats, args.steps, args.burst, args.only)}
   out.parent.mkdir(parents=True, exist_ok=True)
-  out.with_suffix(".json").write_text(json.dumps(
-      {"command": command, "machine": info, "repeats": args.repeats, "steps": args.steps, "burst": args.burst,
-       "results": results},
-      indent=2))
-  write_markdown(out.with_suffix(".md"), command, info, args.repeats, args.steps, args.burst, results)
+  out.with_suffix(".json").write_text(json.dumps(record, indent=2))
+  write_markdown(out.with_suffix(".md"), record)
   print(out.with_suffix(".md").read_text())
 
 
