@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from entropy_optax._src import fused_step
+from entropy_optax._src import validation
 from entropy_optax._src.state import anchor_params
 
 
@@ -269,7 +270,8 @@ def linen_fused_apply_gradients(
   """
   extra = {} if carry is None else {"carry": carry}
   updates, opt_state = state.tx.update(
-      grads, state.opt_state, state.params, grad_fn=grad_fn, batches=batches, **extra
+      grads, state.opt_state, state.params, grad_fn=grad_fn, batches=batches,
+      full_params=state.params, **{validation.UNTRANSFORMED_GRADS: grads}, **extra
   )
   return state.replace(
       step=state.step + 1,

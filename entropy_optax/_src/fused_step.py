@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from entropy_optax._src import parle as parle_lib
 from entropy_optax._src import state as state_lib
 from entropy_optax._src import validation
 
@@ -120,6 +121,57 @@ def metrics_of(carry: Any, steps: int, has_aux: bool) -> dict[str, Any]:
   return metrics
 
 
+# Wrappers whose state holds the Entropy-SGD state and that fused mode cannot
+# run under, each with why; make_train_step and the Flax helpers are handed
+# the whole state, so they see them.
+_AROUND = (
+    (optax.MultiStepsState, "optax.MultiSteps",
+     "it would run the outer step on every call and keep only every k-th, "
+     "throwing the other calls' minibatches away. For more data per outer step "
+     "raise inner_steps or the minibatch size; MultiSteps accumulates "
+     "step-interleaved updates (tx.update without grad_fn)"),
+    (optax.LookaheadState, "optax.lookahead",
+     "it passes no grad_fn or batches to the transform it wraps, and moves the "
+     "params away from the anchor. Train Entropy-SGD without it"),
+    (optax.contrib.ScheduleFreeState, "optax.contrib.schedule_free",
+     "it hands the transform its interpolated params, not the anchor. Train "
+     "Entropy-SGD without it"),
+)
+
+
+def check_fused_composition(opt_state: Any, caller: str) -> None:
+  """Refuses, by name, the wrappers that fused mode cannot run under.
+
+  Raises:
+    ValueError: for :func:`entropy_optax.parle`, a state of ``optax.MultiSteps``,
+      ``optax.lookahead`` or ``optax.contrib.schedule_free`` around the
+      Entropy-SGD state, or any ``optax.contrib.reduce_on_plateau`` state.
+  """
+  if state_lib.find_all(opt_state, lambda node: isinstance(node, parle_lib.ParleState)):
+    raise ValueError(
+        f"{caller} does not run parle: its grad_fn sees one replica at a time and "
+        "its batches hold each replica's minibatches. Call tx.update(grads, state, "
+        "params, grad_fn=jax.grad(loss), batches=...) with batches of shape "
+        "(n_replicas, inner_steps - 1, ...), as parle's example does."
+    )
+  for state_type, name, why in _AROUND:
+    around = state_lib.find_all(
+        opt_state,
+        lambda node, t=state_type: isinstance(node, t) and state_lib.holds_entropy_state(node),
+    )
+    if around:
+      raise ValueError(f"{caller} runs fused outer steps, which {name} cannot wrap: {why}.")
+  if state_lib.find_all(opt_state, lambda node: isinstance(
+      node, optax.contrib.ReduceLROnPlateauState)):
+    raise ValueError(
+        f"{caller} cannot run optax.contrib.reduce_on_plateau: it needs value= "
+        "at every update, which the step does not pass. Call tx.update yourself, "
+        "with reduce_on_plateau in the outer transform: "
+        "local_entropy(optax.chain(optax.sgd(1.0), reduce_on_plateau(...))), never "
+        "chained after Entropy-SGD."
+    )
+
+
 class FusedStepOutput(NamedTuple):
   params: Any
   """The new anchor."""
@@ -128,9 +180,10 @@ class FusedStepOutput(NamedTuple):
   model_state: Any
   """The model state after the last minibatch."""
   metrics: dict[str, Any]
-  """``loss`` (mean over the L minibatches, at the walker), ``skipped`` (1 if
-  the outer step was abandoned on a non-finite value) and, with aux,
-  ``aux``."""
+  """``loss`` (mean over the L minibatches, at the walker; NaN when the outer
+  step was not taken), ``skipped`` (1 if the outer step was not taken: it met
+  a non-finite value, or a wrapper such as ``optax.apply_if_finite`` rejected
+  it) and, with aux, ``aux``."""
 
 
 def fused_outer_step(
@@ -149,8 +202,10 @@ def fused_outer_step(
 
   Computes the gradient at the anchor on minibatch 0, then calls
   ``tx.update`` with ``grad_fn`` over the indices 1 .. L - 1 (the scan runs
-  over indices: ``batches[1:]`` would be copied) and the carry
-  ``(model_state, loss sum, aux sum)``.
+  over indices: ``batches[1:]`` would be copied), the carry
+  ``(model_state, loss sum, aux sum)``, the whole params (for a transform
+  inside ``optax.masked`` or ``optax.multi_transform``) and the gradient as
+  computed (so that a transform chained before Entropy-SGD is refused).
 
   Args:
     tx: a transform whose state holds one Entropy-SGD state.
@@ -165,21 +220,28 @@ def fused_outer_step(
     shown_batches: the batches as the caller's user passed them, for that
       message (default ``batches``).
   """
+  check_fused_composition(opt_state, caller)
   steps = steps_of(batches)
   pick = minibatch_picker(batches)
   acc = accumulator(evaluate, has_aux)
   grads, carry = acc.first(params, model_state, pick(0))
   before = state_lib.find_state(opt_state)
+  # The carry slot seeded with the carry's structure: a wrapper that may skip
+  # the update (optax.apply_if_finite's lax.cond) keeps one state structure.
+  seeded = state_lib.replace_carry(opt_state, carry)
   with restating_batch_count(batches if shown_batches is None else shown_batches, caller):
     updates, new_state = tx.update(
-        grads, opt_state, params,
+        grads, seeded, params,
         grad_fn=lambda p, k, c: acc.next(p, pick(k), c),
         batches=jnp.arange(1, steps, dtype=jnp.int32), carry=carry,
+        full_params=params, **{validation.UNTRANSFORMED_GRADS: grads},
     )
   after = state_lib.find_state(new_state)
   metrics = metrics_of(after.carry, steps, has_aux)
-  # Parle's replicas abandon together: one outer step, whatever their number.
-  metrics["skipped"] = jnp.max(after.skipped - before.skipped)
+  skipped = (after.count == before.count) | (after.skipped != before.skipped)
+  # The loss of a step not taken is no point of the loss curve.
+  metrics["loss"] = jnp.where(skipped, jnp.nan, metrics["loss"])
+  metrics["skipped"] = skipped.astype(jnp.int32)
   return FusedStepOutput(
       params=optax.apply_updates(params, updates),
       opt_state=state_lib.replace_carry(new_state, before.carry),

@@ -210,7 +210,7 @@ def parle(
     <https://arxiv.org/abs/1707.00424>`_, 2017.
   """
   n_replicas = validation.check_positive_int("n_replicas", n_replicas)
-  inner_steps = validation.check_inner_steps(inner_steps)
+  inner_steps = validation.check_inner_steps(inner_steps, static=True)
   validation.check_non_negative("learning_rate", learning_rate)
   validation.check_non_negative("rho", rho)
   if momentum is not None:
@@ -262,6 +262,9 @@ def parle(
       carry: Any = None,
       **extra_args: Any,
   ) -> tuple[optax.Updates, ParleState]:
+    # Meant for one model's transform; each replica checks its own params.
+    extra_args.pop(validation.UNTRANSFORMED_GRADS, None)
+    extra_args.pop("full_params", None)
     validation.check_params_given(params, "Parle")
     validation.check_replicated("params", params, n_replicas)
     validation.check_replicated("grads", updates, n_replicas)

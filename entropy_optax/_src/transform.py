@@ -71,6 +71,15 @@ def local_entropy(
     their values): jit the step with the state donated and it needs about
     one params' worth of temporaries. ``batches`` can be minibatch indices
     that ``grad_fn`` looks up, which spares XLA a copy of ``data[1:]``.
+    Inside ``optax.masked`` or ``optax.multi_transform`` the transform sees
+    only its own leaves: pass ``full_params=params`` too, and ``grad_fn``
+    sees the whole model, the other leaves as they are.
+
+  Between outer steps the params must be the anchor that the last update put
+  them on: a transform chained after this one, or a wrapper that moves the
+  params (``lookahead``, ``schedule_free``), is refused at the next outer step
+  (:doc:`/compositions`); a fused call refuses a state in the middle of an
+  outer step. Under ``jit`` these raise when the step runs.
 
   A non-finite walker, anchor or carry anywhere in an outer step abandons it:
   params go back to (fused: stay at) the anchor, the state is unchanged but
@@ -79,7 +88,9 @@ def local_entropy(
   Args:
     outer: the transform of the anchor, e.g. ``optax.sgd(1.0)``; it receives
       D as its updates and the anchor as its params.
-    inner_steps: L, the Langevin steps per outer step; a static int >= 1.
+    inner_steps: L, the Langevin steps per outer step; an int >= 1, which
+      ``optax.inject_hyperparams`` may inject (fused mode then takes L from
+      ``batches``).
     gamma: the scope gamma (authors' ``--gamma``), a float or a schedule of
       the outer-step count such as :func:`entropy_optax.scoping`.
     langevin_lr: eta', the Langevin step size (authors' ``lclr``); float or
@@ -128,13 +139,16 @@ def local_entropy(
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``. Extra keyword arguments
-    other than ``grad_fn``, ``batches`` and ``carry`` are passed on to
-    ``outer`` and ``inner``, which ignore those they do not take.
+    other than ``grad_fn``, ``batches``, ``carry`` and ``full_params`` are
+    passed on to ``outer`` and ``inner``, which ignore those they do not take.
 
   Raises:
     ValueError, TypeError: at construction, naming the bad hyperparameter;
       at update, naming ``grads``, ``batches`` or ``inner_steps`` when
-      shapes disagree or ``grad_fn`` comes without ``batches``.
+      shapes disagree or ``grad_fn`` comes without ``batches``, and naming
+      what a resumed state does not fit (``inner_momentum``, the outer
+      transform). Under ``jit``, the checks of values (params off the anchor,
+      a fused call mid outer step) raise when the step runs.
 
   Examples:
     Entropy-Adam, step-interleaved:
@@ -189,18 +203,22 @@ def local_entropy(
       grad_fn: Optional[Callable[..., Any]] = None,
       batches: Any = None,
       carry: Any = None,
+      full_params: Any = None,
       **extra_args: Any,
   ) -> tuple[optax.Updates, EntropySGDState]:
+    untransformed = extra_args.pop(validation.UNTRANSFORMED_GRADS, None)
     validation.check_params_given(params, "Entropy-SGD")
     validation.check_like_params("grads", updates, params)
     validation.check_floating(params)
     validation.check_state_matches(state.anchor, params)
-    fused = validation.check_mode_args(grad_fn, batches, carry, config.inner_steps)
-    validation.check_update_context(fused, config.inner_steps)
-    if grad_fn is None:  # not fused: check_mode_args returned grad_fn is not None
+    validation.check_state_fits(state, params, config.outer.init, config.inner_momentum)
+    validation.check_mode_args(grad_fn, batches, carry, config.inner_steps)
+    if grad_fn is None:  # step-interleaved: check_mode_args saw no batches either
       return updates_lib.interleaved_update(config, updates, state, params, extra_args)
+    if untransformed is not None:
+      validation.check_untransformed(updates, untransformed)
     return updates_lib.fused_update(
-        config, updates, state, params, grad_fn, batches, carry, extra_args
+        config, updates, state, params, grad_fn, batches, carry, full_params, extra_args
     )
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

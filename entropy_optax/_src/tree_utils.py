@@ -41,3 +41,24 @@ def fresh_copy(leaf: Any) -> Any:
   if isinstance(leaf, (jax.Array, np.ndarray, np.generic)):
     return jnp.array(leaf, copy=True)
   return leaf
+
+
+def is_masked(node: Any) -> bool:
+  """True for ``optax.MaskedNode``: a leaf that ``optax.masked`` or
+  ``optax.multi_transform`` hides from the transform it wraps."""
+  return isinstance(node, optax.MaskedNode)
+
+
+def has_masked(tree: Any) -> bool:
+  """True when ``tree`` hides some leaves behind ``optax.MaskedNode``."""
+  return any(is_masked(node) for node in jax.tree.leaves(tree, is_leaf=is_masked))
+
+
+def unmask(tree: Any, full: Any) -> Any:
+  """``tree`` with each ``optax.MaskedNode`` replaced by ``full``'s leaf there."""
+  return jax.tree.map(lambda t, f: f if is_masked(t) else t, tree, full, is_leaf=is_masked)
+
+
+def mask_like(template: Any, full: Any) -> Any:
+  """``full`` with ``optax.MaskedNode`` wherever ``template`` has one."""
+  return jax.tree.map(lambda t, f: t if is_masked(t) else f, template, full, is_leaf=is_masked)

@@ -34,13 +34,14 @@ class EntropyConfig(NamedTuple):
   """The settings of one Entropy-SGD transform, checked by ``local_entropy``.
 
   ``gamma``, ``langevin_lr`` and ``noise`` may be schedules of the outer-step
-  count or (under ``optax.inject_hyperparams``) traced scalars; the rest are
-  static Python values that choose the program.
+  count or (under ``optax.inject_hyperparams``) traced scalars, and so may
+  ``inner_steps`` (an int otherwise); the rest are static Python values that
+  choose the program.
   """
 
   outer: optax.GradientTransformationExtraArgs
   inner: optax.GradientTransformationExtraArgs
-  inner_steps: int
+  inner_steps: Any  # an int, or traced under optax.inject_hyperparams
   gamma: Any
   langevin_lr: Any
   noise: Any
@@ -143,8 +144,10 @@ def interleaved_update(config: EntropyConfig, grads: Any, state: EntropySGDState
   """Step-interleaved mode: one Langevin step of the walker ``params``.
 
   The updates move params to the new walker; on every L-th call they move
-  it to the new anchor instead, after the outer step.
+  it to the new anchor instead, after the outer step. Between outer steps
+  params must be that anchor (:func:`validation.check_at_anchor`).
   """
+  validation.check_at_anchor(params, state.anchor, state.inner_count == 0)
   step, inner_state = langevin_update(
       config, state, extra, grads, params, state.mu, state.momentum,
       state.inner_state, state.anchor, state.inner_count,
@@ -171,11 +174,13 @@ def interleaved_update(config: EntropyConfig, grads: Any, state: EntropySGDState
         inner_state=inner_state,
     ), tree_utils.all_finite(step.mu)
 
-  if config.inner_steps == 1:
+  if isinstance(config.inner_steps, int) and config.inner_steps == 1:
     updates, new_state, finite = finish_outer_step()
   else:
+    # ">=": a state resumed by a transform of fewer inner steps than it has
+    # taken ends its outer step at once.
     updates, new_state, finite = jax.lax.cond(
-        state.inner_count == config.inner_steps - 1, finish_outer_step, continue_inner_loop
+        state.inner_count >= config.inner_steps - 1, finish_outer_step, continue_inner_loop
     )
   back_to_anchor = jax.tree.map(lambda x, p: (x - p).astype(p.dtype), state.anchor, params)
   abandoned = abandon(state, state.anchor, state.carry)
@@ -185,15 +190,21 @@ def interleaved_update(config: EntropyConfig, grads: Any, state: EntropySGDState
 
 def fused_update(config: EntropyConfig, grads: Any, state: EntropySGDState, params: Any,
                  grad_fn: Callable[..., Any], batches: Any, carry: Any,
-                 extra: Extra) -> tuple[Any, EntropySGDState]:
+                 full_params: Any, extra: Extra) -> tuple[Any, EntropySGDState]:
   """Fused mode: a whole outer step from the anchor ``params``.
 
   Runs Langevin steps 0 .. L - 2 in the state's buffers
   (:func:`~entropy_optax._src.inner_loop.run_inner_loop`), then the last one
-  fused with the outer step.
+  fused with the outer step. Inside ``optax.masked`` or
+  ``optax.multi_transform`` (params with ``optax.MaskedNode`` leaves),
+  ``grad_fn`` sees the walker completed by the frozen leaves of
+  ``full_params``.
   """
-  validation.check_batches(batches, config.inner_steps)
+  inner_steps = fused_inner_steps(config.inner_steps, batches)
   validation.check_not_mid_loop(state.inner_count, config.inner_steps)
+  validation.check_at_anchor(params, state.anchor, state.inner_count == 0)
+  if tree_utils.has_masked(params):
+    grad_fn = with_frozen_leaves(grad_fn, full_params, carry is not None)
   anchor = params
 
   def step_fn(walker, mu, momentum, inner_state, grads, k):
@@ -205,12 +216,12 @@ def fused_update(config: EntropyConfig, grads: Any, state: EntropySGDState, para
   end = inner_loop.run_inner_loop(
       step_fn, grad_fn, anchor=anchor, buffers=(state.anchor, state.mu, state.momentum),
       grads=grads, inner_state=state.inner_state, carry=carry, batches=batches,
-      steps=config.inner_steps - 1, unroll=config.unroll,
+      steps=inner_steps - 1, unroll=config.unroll,
   )
   _, nu, momentum, inner_state = step_fn(
-      end.walker, end.nu, end.momentum, end.inner_state, end.grads, config.inner_steps - 1
+      end.walker, end.nu, end.momentum, end.inner_state, end.grads, inner_steps - 1
   )
-  alpha_l = lambda dtype: jnp.asarray(config.mu_decay, dtype) ** config.inner_steps
+  alpha_l = lambda dtype: jnp.asarray(config.mu_decay, dtype) ** inner_steps
   mu = jax.tree.map(lambda n, x: n + alpha_l(n.dtype) * x, nu, anchor)
 
   threads_carry = carry is not None
@@ -238,3 +249,51 @@ def fused_update(config: EntropyConfig, grads: Any, state: EntropySGDState, para
     ).astype(m.dtype)
     new_state = new_state._replace(momentum=jax.tree.map(zero_after, end.momentum))
   return tree_utils.select(finite, updates, optax.tree.zeros_like(updates)), new_state
+
+
+def fused_inner_steps(inner_steps: Any, batches: Any) -> int:
+  """L of a fused call, static: ``inner_steps``, or, injected (traced), one
+  more than the minibatches in ``batches``, checked against it at run time."""
+  if isinstance(inner_steps, int):
+    validation.check_batches(batches, inner_steps)
+    return inner_steps
+  leaves = jax.tree.leaves(batches)
+  if not leaves or not jnp.shape(leaves[0]):
+    raise ValueError("batches must hold the remaining inner_steps - 1 minibatches "
+                     "along the leading axis of every leaf.")
+  steps = jnp.shape(leaves[0])[0] + 1
+  validation.check_batches(batches, steps)
+  validation.refuse_unless(
+      inner_steps == steps,
+      lambda injected: (
+          f"batches hold {steps - 1} minibatches, but the injected inner_steps is "
+          f"{int(injected)}: pass inner_steps - 1 = {int(injected) - 1}."
+      ),
+      inner_steps,
+  )
+  return steps
+
+
+def with_frozen_leaves(grad_fn: Callable[..., Any], full_params: Any,
+                       threads_carry: bool) -> Callable[..., Any]:
+  """``grad_fn`` called on the walker completed by ``full_params``' frozen
+  leaves, its gradient masked back to the walker's leaves."""
+  if full_params is None or tree_utils.has_masked(full_params):
+    raise ValueError(
+        "fused mode inside optax.masked or optax.multi_transform: the transform "
+        "sees only its own leaves (the others are optax.MaskedNode), but grad_fn "
+        "needs the whole model. Pass the whole params again, "
+        "tx.update(grads, state, params, grad_fn=..., batches=..., "
+        "full_params=params), and leave mask_compatible_extra_args False "
+        "(make_train_step and entropy_optax.flax.nnx_fused_update do this)."
+    )
+
+  def frozen_grad_fn(walker, batch, *carry):
+    out = grad_fn(tree_utils.unmask(walker, full_params), batch, *carry)
+    if not threads_carry:
+      return tree_utils.mask_like(walker, out)
+    if isinstance(out, tuple) and len(out) == 2:
+      return tree_utils.mask_like(walker, out[0]), out[1]
+    return out  # call_grad_fn names what is wrong with it
+
+  return frozen_grad_fn

@@ -1,19 +1,20 @@
-"""Checks of what the user passes: hyperparameters, update arguments, context.
+"""Checks of what the user passes: hyperparameters, update arguments, states.
 
 Construction-time checks look at concrete numbers only. Traced values
 (``optax.inject_hyperparams`` passes hyperparameters as arrays inside ``jit``)
 and schedules are accepted as they are: their values are not known when the
 transform is built. Update-time checks look at shapes, structures and dtypes,
-which are static under ``jit``, and at how the transform is wrapped.
-Wrong types raise ``TypeError``, wrong values and shapes ``ValueError``.
+which are static under ``jit``, and at the structures the package is handed
+(never at other libraries' frames or private names). The few checks of values
+that only a running step knows go through :func:`refuse_unless`, which raises
+at once outside ``jit`` and, inside it, from a host callback when the step
+runs. Wrong types raise ``TypeError``, wrong values and shapes ``ValueError``.
 """
 
 from __future__ import annotations
 
 import numbers
-import sys
-import types
-from typing import Any, Iterator, Optional
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -81,29 +82,36 @@ def check_unit_interval(name: str, value: Any) -> None:
     raise ValueError(f"{name} must lie in [0, 1), got {number}.")
 
 
-def check_inner_steps(inner_steps: Any) -> int:
+def check_inner_steps(inner_steps: Any, *, static: bool = False) -> Any:
+  """L: a Python int >= 1, or (``static=False``) a traced integer scalar.
+
+  ``optax.inject_hyperparams`` injects the numeric ``inner_steps`` (its
+  default included): a concrete array at ``init``, a traced one at ``update``.
+  Step-interleaved mode compares the Langevin count with it at run time, and
+  fused mode takes L from its ``batches``, so a traced L works in both;
+  :func:`entropy_optax.parle` needs it static.
+  """
   if isinstance(inner_steps, jax.core.Tracer):
-    raise TypeError(
-        "inner_steps must be a static Python int, but it was traced. With "
-        "optax.inject_hyperparams pass static_args=('inner_steps',)."
-    )
-  if isinstance(inner_steps, bool) or not isinstance(inner_steps, numbers.Integral):
-    if isinstance(inner_steps, (np.ndarray, jax.Array)) and np.asarray(
-        inner_steps
-    ).shape == () and np.issubdtype(np.asarray(inner_steps).dtype, np.integer):
-      inner_steps = int(inner_steps)
-    else:
+    if static or not jnp.issubdtype(inner_steps.dtype, jnp.integer) or inner_steps.shape:
       raise TypeError(
-          f"inner_steps must be a positive Python int, got {inner_steps!r} "
-          f"of type {type(inner_steps).__name__}."
+          "inner_steps must be a static Python int, but it was traced. With "
+          "optax.inject_hyperparams pass static_args=('inner_steps',)."
       )
-  if inner_steps < 1:
-    raise ValueError(f"inner_steps must be >= 1, got {inner_steps}.")
-  return int(inner_steps)
+    return inner_steps
+  return check_positive_int("inner_steps", inner_steps)
 
 
 def check_positive_int(name: str, value: Any) -> int:
-  """A static Python int >= 1 (a count such as ``n_replicas``)."""
+  """A Python int >= 1 (a count such as ``n_replicas`` or ``inner_steps``).
+
+  A concrete integer scalar array counts as its value: it is what
+  ``optax.inject_hyperparams`` passes to ``init``, and what a checkpoint
+  restores.
+  """
+  if isinstance(value, (np.ndarray, np.generic, jax.Array)) and not isinstance(
+      value, jax.core.Tracer) and np.shape(value) == () and jnp.issubdtype(
+          np.asarray(value).dtype, jnp.integer):
+    value = int(value)
   if isinstance(value, bool) or not isinstance(value, numbers.Integral):
     raise TypeError(
         f"{name} must be a positive Python int, got {value!r} of type "
@@ -129,92 +137,41 @@ def check_unroll(unroll: Any) -> int | bool:
         "unroll must be static, but it was traced. With optax.inject_hyperparams "
         "pass static_args=('unroll',), or a bool (bools are not injected)."
     )
-  if isinstance(unroll, (np.ndarray, jax.Array)) and np.shape(unroll) == () and np.issubdtype(
-      np.asarray(unroll).dtype, np.integer
-  ):
-    unroll = int(unroll)
-  if not isinstance(unroll, numbers.Integral):
+  try:
+    return check_positive_int("unroll", unroll)
+  except TypeError:
     raise TypeError(
         "unroll must be a bool or a static Python int >= 1 (lax.scan's unroll), "
         f"got {unroll!r} of type {type(unroll).__name__}."
-    )
-  if unroll < 1:
-    raise ValueError(f"unroll must be >= 1 (or True for a full unroll), got {unroll}.")
-  return int(unroll)
-
-
-# Update-time checks of how the transform is wrapped. optax's wrappers cannot
-# be seen from a transform's arguments; the two below change what an update
-# call means, so the transform looks for them among its callers' frames (only
-# the frames whose code could be theirs; a few microseconds, at trace time
-# under jit).
-_MAX_FRAMES = 64
-
-
-def _optax_frames() -> Iterator[types.FrameType]:
-  frame: Optional[types.FrameType] = sys._getframe(1)
-  for _ in range(_MAX_FRAMES):
-    if frame is None:
-      return
-    if frame.f_globals.get("__name__", "").startswith("optax"):
-      yield frame
-    frame = frame.f_back
-
-
-def injected_schedules() -> tuple[str, ...]:
-  """Names of the schedules an enclosing ``optax.inject_hyperparams`` evaluates."""
-  for frame in _optax_frames():
-    if frame.f_code.co_name == "update_fn" and "sched_hps" in frame.f_code.co_freevars:
-      return tuple(sorted(frame.f_locals.get("sched_hps", {})))
-  return ()
-
-
-def inside_multisteps() -> bool:
-  """True when ``optax.MultiSteps`` is calling the transform's update."""
-  for frame in _optax_frames():
-    code = frame.f_code
-    if "self" in code.co_varnames or "self" in code.co_freevars:
-      if isinstance(frame.f_locals.get("self"), optax.MultiSteps):
-        return True
-  return False
-
-
-def check_update_context(fused: bool, inner_steps: int) -> None:
-  """Refuses the wrappers that silently change what an update call means.
-
-  * ``optax.MultiSteps`` around a fused call runs the outer step on every call
-    but keeps the state of only every k-th: the other calls' minibatches are
-    computed and thrown away.
-  * ``optax.inject_hyperparams`` evaluates a schedule at its own count of
-    update calls; in step-interleaved mode (L > 1) those are Langevin steps,
-    so a schedule of the outer steps would run L times too fast.
-
-  Raises:
-    ValueError: saying what to do instead.
-  """
-  if fused and inside_multisteps():
+    ) from None
+  except ValueError:
     raise ValueError(
-        "optax.MultiSteps wraps a fused Entropy-SGD update: it would run the "
-        "outer step on every call and keep only every k-th, throwing the other "
-        "calls' minibatches away. For more data per outer step raise "
-        "inner_steps or the minibatch size; to accumulate gradients, call "
-        "update without grad_fn and batches (step-interleaved mode), which "
-        "MultiSteps supports."
-    )
-  if not fused and inner_steps > 1:
-    names = injected_schedules()
-    if names:
-      listed = ", ".join(repr(n) for n in names)
-      raise ValueError(
-          f"optax.inject_hyperparams holds schedules for {listed} and evaluates "
-          "them at its count of update calls. In step-interleaved mode each "
-          f"call is one Langevin step ({inner_steps} per outer step), so they "
-          f"would run {inner_steps} times too fast. Pass "
-          f"static_args=({listed},) to inject_hyperparams: the transform then "
-          "evaluates them at its outer-step count (they are no longer listed "
-          "in state.hyperparams). Or use fused mode, where one update call is "
-          "one outer step."
-      )
+        f"unroll must be >= 1 (or True for a full unroll), got {unroll}."
+    ) from None
+
+
+# Run-time checks: values that only a running step knows.
+
+
+def refuse_unless(ok: Any, message: Callable[..., str], *values: Any) -> None:
+  """Raises ``ValueError(message(*values))`` unless ``ok`` holds everywhere.
+
+  Outside ``jit`` it raises here. Traced, the check runs with the step: a
+  host callback, taken only when ``ok`` fails, raises, and the error reaches
+  the caller of the jitted step (as a ``JaxRuntimeError`` that carries the
+  message) instead of its results. Under ``vmap`` the callback sees every
+  replica's ``ok`` and raises if any fails.
+  """
+  if not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((ok, values))):
+    if not np.all(np.asarray(ok)):
+      raise ValueError(message(*values))
+    return
+
+  def fail(ok, *values):
+    if not np.all(ok):
+      raise ValueError(message(*values))
+
+  jax.lax.cond(jnp.all(ok), lambda: None, lambda: jax.debug.callback(fail, ok, *values))
 
 
 # Update-time checks: the arguments of an update call.
@@ -279,12 +236,13 @@ def check_state_matches(anchor: Any, params: Any) -> None:
     )
 
 
-def check_mode_args(grad_fn: Any, batches: Any, carry: Any, inner_steps: int) -> bool:
+def check_mode_args(grad_fn: Any, batches: Any, carry: Any, inner_steps: Any) -> bool:
   """Checks the fused-mode keywords come together; returns True for fused mode."""
   if (grad_fn is None) != (batches is None):
+    count = f" = {inner_steps - 1}" if isinstance(inner_steps, int) else ""
     raise ValueError(
         "fused mode needs both grad_fn and batches (the remaining "
-        f"inner_steps - 1 = {inner_steps - 1} minibatches); got only "
+        f"inner_steps - 1{count} minibatches); got only "
         f"{'grad_fn' if batches is None else 'batches'}. Pass neither for "
         "step-interleaved mode."
     )
@@ -293,19 +251,117 @@ def check_mode_args(grad_fn: Any, batches: Any, carry: Any, inner_steps: int) ->
   return grad_fn is not None
 
 
-def check_not_mid_loop(inner_count: Any, inner_steps: int) -> None:
+def check_not_mid_loop(inner_count: Any, inner_steps: Any) -> None:
   """A fused call starts an outer step: the state must be between outer steps.
 
-  ``inner_count`` is only known outside ``jit``; traced, it is not checked.
+  Checked at run time, under ``jit`` too (:func:`refuse_unless`).
   """
-  if isinstance(inner_count, jax.core.Tracer):
-    return
-  taken = int(np.max(np.asarray(inner_count)))
-  if taken:
-    raise ValueError(
+
+  def message(taken):
+    taken = int(np.max(taken))
+    rest = (f"the remaining {inner_steps - taken}" if isinstance(inner_steps, int)
+            else "the remaining")
+    return (
         f"fused mode starts an outer step, but the state is {taken} Langevin "
-        f"steps into one: take the remaining {inner_steps - taken} "
-        "step-interleaved steps first."
+        f"steps into one (a step-interleaved checkpoint, say): take {rest} "
+        "step-interleaved steps first, with the walker as params."
+    )
+
+  refuse_unless(inner_count == 0, message, inner_count)
+
+
+def check_at_anchor(params: Any, anchor: Any, when: Any = True) -> None:
+  """Where ``when`` holds, params must be the anchor, to rounding.
+
+  Between outer steps the updates of Entropy-SGD put params on the anchor it
+  stores (bit for bit but for the rounding of a multiply-add that XLA fuses
+  in one program and not in the other). If they are not there, something
+  changed the updates after it (a transform chained after it, lookahead,
+  schedule-free) or the params between calls, and the stored anchor no
+  longer describes the params. Checked at run time (:func:`refuse_unless`),
+  to 4 ulps of the leaf's largest magnitude.
+  """
+  def same(p, a):
+    eps = jnp.finfo(p.dtype).eps
+    wide = jnp.promote_types(p.dtype, jnp.float32)
+    p, a = p.astype(wide), a.astype(wide)
+    diff = jnp.where((p == a) | (jnp.isnan(p) & jnp.isnan(a)), 0, jnp.abs(p - a))
+    scale = jnp.max(jnp.where(jnp.isfinite(a), jnp.abs(a), 0), initial=0)
+    rounding = 4 * jnp.asarray(eps, wide) * scale
+    return jnp.max(diff, initial=0) <= rounding
+
+  flags = [same(p, a) for p, a in zip(jax.tree.leaves(params), jax.tree.leaves(anchor),
+                                      strict=True)]
+  at_anchor = jnp.all(jnp.stack(flags)) if flags else jnp.asarray(True)
+  refuse_unless(
+      at_anchor | ~jnp.asarray(when),
+      lambda: (
+          "the params passed to update are not where Entropy-SGD's last update "
+          "put them (the anchor, between outer steps): a transform applied "
+          "after Entropy-SGD changed its updates (optax.chain(entropy_sgd(...), "
+          "<transform>), reduce_on_plateau, lookahead or schedule_free around "
+          "it), or the params were changed between calls. Put such a transform "
+          "before it, pass it as inner= (every Langevin gradient) or make it "
+          "part of the outer transform (local_entropy(optax.chain(optax.sgd(1.0), "
+          "<transform>))). To change the weights yourself, start a new state "
+          "with tx.init(params)."
+      ),
+  )
+
+
+def check_state_fits(state: Any, params: Any, outer_init: Callable[[Any], Any],
+                     inner_momentum: Any) -> None:
+  """A resumed state must fit the transform: its momentum buffer and outer state.
+
+  What a resumed state takes from a transform built with other
+  hyperparameters: the rates, scope, noise, decays and ``inner_steps`` live
+  in the transform (the key in the state); the state's structure is fixed
+  by ``inner_momentum`` (None or a number) and the outer transform.
+  """
+  if (state.momentum is None) != (inner_momentum is None):
+    raise ValueError(
+        "opt_state was built with inner_momentum="
+        f"{'None' if state.momentum is None else 'a number'}, this transform "
+        f"with inner_momentum={inner_momentum!r}: the momentum buffer exists in "
+        "one and not the other. Build the transform with inner_momentum="
+        f"{'None' if state.momentum is None else '<a number>'} to resume this state."
+    )
+  want = jax.tree.structure(jax.eval_shape(outer_init, params))
+  got = jax.tree.structure(state.outer_state)
+  if want != got:  # type: ignore[operator]
+    raise ValueError(
+        "opt_state's outer_state was built by another outer transform than this "
+        "one's (learning_rate's momentum, or entropy_sgd against entropy_adam, "
+        "say): resume it with the transform that built it, or start a new state "
+        f"with tx.init(params).\n  opt_state's: {got}\n  this transform's: {want}"
+    )
+
+
+# The keyword under which make_train_step and the Flax helpers pass the first
+# gradient as they computed it, for check_untransformed.
+UNTRANSFORMED_GRADS = "entropy_optax_untransformed_grads"
+
+
+def check_untransformed(grads: Any, untransformed: Any) -> None:
+  """The first gradient reached the transform as the caller computed it.
+
+  ``make_train_step`` and the Flax helpers pass the gradient they computed
+  along with it; any transform before Entropy-SGD (``optax.chain(clip,
+  entropy_sgd)``, ``optax.MultiSteps``) makes new arrays of it. In fused mode
+  such a transform would see the first of the L gradients only.
+  """
+  is_masked = lambda node: isinstance(node, optax.MaskedNode)
+  same = jax.tree.map(
+      lambda g, u: True if is_masked(g) else g is u, grads, untransformed, is_leaf=is_masked
+  )
+  if not all(jax.tree.leaves(same)):
+    raise ValueError(
+        "a transform before Entropy-SGD changed the gradient it was given "
+        "(optax.chain(<transform>, entropy_sgd(...)), optax.MultiSteps, ...). In "
+        "fused mode it would see only the first of the inner_steps gradients of "
+        "each outer step. Pass it as entropy_sgd(..., inner=<transform>), which "
+        "applies it to every Langevin gradient in both modes, or train in "
+        "step-interleaved mode."
     )
 
 
