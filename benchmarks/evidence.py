@@ -347,15 +347,14 @@ def describe_config(config: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- flatness
 
 
-FLATNESS_LABELS = {"sgd": "SGD-Nesterov", "lua": "Entropy-SGD (Lua)",
+FLATNESS_LABELS = {"sgd": "SGD-Nesterov", "sgd_wd": "SGD-Nesterov, weight decay 5e-4",
+                   "lua": "Entropy-SGD (Lua)", "lua_g03": "Entropy-SGD (Lua, gamma0 0.03)",
                    "bocconi": "Entropy-SGD (Bocconi)"}
-FLATNESS_RERUN = (f"nohup python benchmarks/flatness.py --out {reports.RERUN_ROOT}/flatness "
-                  "> flatness.log 2>&1 &")
-"""Reruns the equal-loss experiment (its current defaults) into a fresh folder."""
 
 
 def flatness_section(report: dict[str, Any], verdicts: list[dict[str, Any]]) -> list[str]:
-  """Curvature and local energy at equal training loss, each recipe against SGD."""
+  """Curvature and local energy at equal training loss, each recipe against the SGD of its
+  weight decay: :func:`benchmarks.flatness.verdicts`, the verdicts ``flatness.md`` gives."""
   lines = ["### Flatness at equal training loss", "",
            "From `benchmarks/results/flatness.json` (`benchmarks/flatness.py`; `flatness.md` "
            "has the spectra and the local-energy curves).", ""]
@@ -364,54 +363,53 @@ def flatness_section(report: dict[str, Any], verdicts: list[dict[str, Any]]) -> 
   if not runs or "target_loss" not in config:
     return lines + ["No equal-loss run recorded yet: `nohup python benchmarks/flatness.py "
                     "> flatness.log 2>&1 &`.", ""]
-  by_opt: dict[str, list[dict]] = {}
-  for run in runs.values():
-    if run.get("reached") and "trace" in run:
-      by_opt.setdefault(run["optimizer"], []).append(run)
-  sigmas = config["sigmas"]
-  sigma_i = len(sigmas) // 2
-  measures = [
-      ("top Hessian eigenvalue", lambda r: r["top_eigenvalues"][0]),
-      ("Hessian trace", lambda r: r["trace"]),
-      (f"train error % under weight noise, sigma = {sigmas[sigma_i]}",
-       lambda r: 100 * r["energy_error"][sigma_i]),
-      ("test error %", lambda r: 100 * r["test_error"]),
-  ]
+  from benchmarks import flatness  # noqa: PLC0415  (imports jax)
+
+  shown = [o for o in FLATNESS_LABELS if flatness.runs_of(report, o)]
+  kept = {o: flatness.counted(report, o) for o in shown}
+  judged = flatness.verdicts(report)
   lines += [f"mnistfc without BatchNorm and dropout, {config['train_size']} training images, each "
             f"run trained until its training loss reached {config['target_loss']}; mean ± std "
-            "over the seeds that reached it (lower is flatter, or better).", "",
-            "| measure | " + " | ".join(f"{FLATNESS_LABELS[o]} ({len(by_opt.get(o, []))} seeds)"
-                                         for o in FLATNESS_LABELS) + " |",
-            "|---|" + "---|" * len(FLATNESS_LABELS)]
-  lines.append("| run on | " + " | ".join(reports.machines(by_opt.get(o, []))
-                                         for o in FLATNESS_LABELS) + " |")
-  lines.append("| code | " + " | ".join(reports.codes(by_opt.get(o, []))
-                                       for o in FLATNESS_LABELS) + " |")
+            "over the seeds whose end point counts (at most "
+            f"{100 * flatness.tolerance_of(report):g}% below the target; lower is flatter, or "
+            "better). Each recipe is judged against the SGD-Nesterov of its weight decay.", "",
+            "| measure | " + " | ".join(
+                f"{FLATNESS_LABELS[o]} ({len(kept[o])} seed{'' if len(kept[o]) == 1 else 's'})"
+                for o in shown) + " |",
+            "|---|" + "---|" * len(shown)]
+  lines.append("| run on | " + " | ".join(reports.machines(kept[o]) for o in shown) + " |")
+  lines.append("| code | " + " | ".join(reports.codes(kept[o]) for o in shown) + " |")
   withheld = False
-  for name, get in measures:
-    row = [name]
-    for opt in FLATNESS_LABELS:
-      recs = by_opt.get(opt, [])
-      values = [get(r) for r in recs]
-      cell = mean_std(values) if values else "-"
-      if opt != "sgd" and values and by_opt.get("sgd"):
-        j = reports.judge(recs, values, by_opt["sgd"], [get(r) for r in by_opt["sgd"]])
-        cell += f"; vs SGD: {j.text(2)}"
+  for label, key, get in flatness.measures(config):
+    if not any(key in r for r in runs.values()):
+      continue
+    row = [label]
+    for opt in shown:
+      values = [get(r) for r in kept[opt] if key in r]
+      digits = 4 if "loss" in label else 2
+      cell = ("-" if not values else mean_std(values, digits) if len(values) > 1
+              else f"{values[0]:.{digits}f}")
+      v = next((v for v in judged if v["recipe"] == opt and v["measure"] == label), None)
+      if v is not None:
+        j = v["judgement"]
+        cell += f"; vs {FLATNESS_LABELS[v['baseline']]}: {j.text(digits)}"
         withheld = withheld or j.verdict == "n/a"
         verdicts.append({"source": "Flatness at equal loss", "task": "mnistfc", "epochs": "-",
                          "data": f"{config['train_size']} images", "entropy": FLATNESS_LABELS[opt],
-                         "baseline": "SGD-Nesterov, flatness", "measure": name,
-                         "verdict": j.verdict, "why": j.why, "files": ["flatness.json"]})
+                         "baseline": f"{FLATNESS_LABELS[v['baseline']]}, flatness",
+                         "measure": label, "verdict": j.verdict, "why": j.why,
+                         "files": ["flatness.json"]})
       row.append(cell)
     lines.append("| " + " | ".join(row) + " |")
   lines.append("")
   if withheld:
-    lines += ["Rerun on one machine, at one commit, these measures get verdicts: "
-              f"`{FLATNESS_RERUN}`.", ""]
-  not_reached = [f"{FLATNESS_LABELS.get(r['optimizer'], r['optimizer'])} seed {r['seed']}"
-                 for r in runs.values() if not r.get("reached")]
-  if not_reached:
-    lines += ["Did not reach the target loss within the cap: " + ", ".join(not_reached) + ".", ""]
+    lines += ["Rerun on one machine, at one commit, with every optimizer, these measures get "
+              f"verdicts: `{flatness.RERUN}`.", ""]
+  excluded = [f"{FLATNESS_LABELS.get(r['optimizer'], r['optimizer'])} seed {r['seed']} ("
+              f"{flatness.exclusion(r, flatness.tolerance_of(report))})"
+              for r in runs.values() if flatness.exclusion(r, flatness.tolerance_of(report))]
+  if excluded:
+    lines += ["Excluded from the means and the verdicts: " + ", ".join(excluded) + ".", ""]
   return lines
 
 

@@ -3,9 +3,12 @@
 Trains the paper's mnistfc network (784-1024-1024-10, ReLU; without its
 BatchNorm and dropout, so that the loss is a fixed function of the weights
 and the Hessian is well defined) on a subset of Fashion-MNIST with
-SGD-Nesterov and with Entropy-SGD under two recipes, the authors' Lua recipe
-(``entropy_optax.recipes.lua``) and Pittorino et al.'s
-(``entropy_optax.recipes.bocconi``), each until the SAME training loss:
+SGD-Nesterov, without and with the Bocconi recipe's weight decay 5e-4, and
+with Entropy-SGD under three recipes, the authors' Lua recipe
+(``entropy_optax.recipes.lua``), the same at the PyTorch port's scope
+gamma0 = 0.03 (at the Lua recipe's 1e-4 the walker is practically uncoupled
+from the anchor), and Pittorino et al.'s (``entropy_optax.recipes.bocconi``),
+each until the SAME training loss:
 
 * the training loss is the mean cross-entropy over a fixed training subset
   (the first ``--loss-size`` training images), in one pass at the current
@@ -14,8 +17,12 @@ SGD-Nesterov and with Entropy-SGD under two recipes, the authors' Lua recipe
 * it is checked every ``--check-every`` minibatches; at the first check at or
   below ``--target-loss`` the last interval is replayed from its start (same
   minibatches, same optimizer state and noise key) with a check after every
-  call of the train step, so the end point is the first call after which the
-  loss is at or below the target;
+  minibatch (SGD) or outer step (Entropy-SGD: its anchor moves only then), so
+  the end point is the first such step after which the loss is at or below
+  the target;
+* an end point more than ``--tolerance`` below the target (one step can
+  overshoot) is recorded, reported and marked excluded: it counts in no
+  mean of the results table and in no verdict;
 * a run stops at the cap of ``--epochs`` effective epochs (gradient
   evaluations x batch size / training-set size) and is then recorded as not
   having reached the target (``--target-loss 0`` gives the old fixed budget).
@@ -23,16 +30,30 @@ SGD-Nesterov and with Entropy-SGD under two recipes, the authors' Lua recipe
 At each end point it measures, with ``entropy_optax.diagnostics`` on training
 data: the spectral density (stochastic Lanczos quadrature; the paper's Fig. 1)
 and the top Hessian eigenvalues (its Lanczos runs' largest Ritz values), the
-trace (Hutchinson, with its standard error), the local energy (train error and loss under multiplicative
-weight noise, vs sigma) and the local entropy's Langevin estimate, over
-``--seeds`` seeds.
+trace (Hutchinson, with its standard error), two traces that rescaling the
+ReLU layers leaves unchanged (Dinh et al. 2017, arXiv:1703.04933, show that
+the raw ones do not): the layer-normalised sum over parameter tensors of
+``||theta_g||^2 tr(H_g) / n_g`` and the element-wise ``tr(|theta| H |theta|)``
+(the second-order term of Kwon et al.'s adaptive sharpness, ASAM, ICML 2021,
+arXiv:2102.11600), with the weight norms of every tensor; the local energy
+(train error and loss under multiplicative weight noise, at every sigma); the
+local entropy's Langevin estimate; and, for Entropy-SGD, how strongly its
+walker is coupled to the anchor at the end point (one more outer step's mean
+``||x' - x||`` and ``gamma ||x' - x|| / ||grad f(x')||``). Over ``--seeds`` seeds.
+
+The verdicts (:func:`verdicts`) compare each recipe with the SGD of its
+weight decay (Lua: none; Bocconi: 5e-4) on every measure, test loss and
+every sigma included, by :func:`benchmarks.reports.judge`.
 
 Resumable: each finished (optimizer, seed) end point is written to
 ``<out>/flatness.json`` at once, and a rerun with the same configuration
 skips it; ``flatness.md`` and ``flatness.png`` are regenerated from the JSON
 after each end point (``--report-only`` regenerates them without training).
 ``--quick`` is a small smoke configuration (a narrow network, 4,096 images).
-Run ``python benchmarks/flatness.py --help`` for the options.
+Run ``python benchmarks/flatness.py --help`` for the options. The rerun of
+the whole study (5 optimizers x 3 seeds, into a fresh folder; resumable)::
+
+    nohup python benchmarks/flatness.py --out benchmarks/results/rerun/flatness > flatness.log 2>&1 &
 """
 
 from __future__ import annotations
@@ -75,9 +96,22 @@ DEFAULT_OUT = str(HERE / "results")
 
 OPTIMIZERS = {
     "sgd": "SGD-Nesterov",
+    "sgd_wd": "SGD-Nesterov, weight decay 5e-4",
     "lua": "Entropy-SGD (Lua recipe)",
+    "lua_g03": "Entropy-SGD (Lua recipe, gamma0 0.03)",
     "bocconi": "Entropy-SGD (Bocconi recipe)",
 }
+BASELINES = {"lua": "sgd", "lua_g03": "sgd", "bocconi": "sgd_wd"}
+"""Each Entropy-SGD recipe's baseline: SGD-Nesterov with the recipe's weight decay."""
+WEIGHT_DECAY = 5e-4  # recipes.bocconi's, on its Langevin gradient; sgd_wd's, on its gradient
+PROTOCOL = 2
+"""The version of the protocol; a record of another (or of none: before version 2) is reported
+but not resumed. Version 2: SGD's last interval replayed one minibatch at a time, end points
+outside the tolerance excluded, SGD with weight decay and Lua at gamma0 0.03, weight norms,
+scale-aware traces and the walker's coupling recorded."""
+RERUN = ("nohup python benchmarks/flatness.py --out benchmarks/results/rerun/flatness "
+         "> flatness.log 2>&1 &")
+"""Reruns the whole study (every optimizer, 3 seeds) into a fresh folder; resumable."""
 
 # The settings that define the runs: a rerun resumes only with the same ones.
 # `None` in FULL: loss_size defaults to train_size, inner_steps to each recipe's L.
@@ -102,7 +136,7 @@ HELP = {
     "epochs": "cap on effective epochs (gradient evaluations x batch / train-size)",
     "check_every": "minibatches between checks of the training loss",
     "loss_size": "training images in the loss that is checked (the first ones)",
-    "sgd_steps_per_call": "SGD steps per call of the train step (the stopping granularity)",
+    "sgd_steps_per_call": "SGD steps per call of the train step (the replay near the target takes one at a time)",
     "inner_steps": "override both Entropy-SGD recipes' L (default: theirs, 20 and 5)",
     "hessian_size": "training images in the Hessian",
     "hessian_batch": "minibatch of the Hessian-vector products",
@@ -185,7 +219,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def config_of(args: argparse.Namespace) -> dict[str, Any]:
-  return {"quick": args.quick, **{key: getattr(args, key) for key in FULL}}
+  return {"protocol": PROTOCOL, "quick": args.quick, **{key: getattr(args, key) for key in FULL}}
 
 
 def command_of(config: dict[str, Any], out: str, data_dir: str, seed: int, seeds: int,
@@ -289,7 +323,7 @@ class Optimizer:
   per_call: int  # minibatches per call of the train step: Entropy-SGD's L, or SGD steps
   max_calls: int  # the cap
   make: Callable[[int], optax.GradientTransformation]  # seed -> transform
-  gamma: Callable[[int], float] | None  # outer step -> scope
+  gamma: Callable[[int], float] | None  # outer step -> scope; None: not Entropy-SGD
   description: str
 
 
@@ -304,19 +338,35 @@ def optimizer_specs(config: dict[str, Any]) -> dict[str, Optimizer]:
   k_lua = config["inner_steps"] or 20
   k_bocconi = config["inner_steps"] or 5
   bocconi_steps = cap(k_bocconi)
+
+  def lua(gamma0: float) -> Optimizer:
+    # The recipe's scope for mnistfc (recipes.lua's docstring) is 1e-4 (1 + 1e-3)^t.
+    scope = entropy_optax.scoping(gamma0, 1e-3)
+    name = "lua" if gamma0 == 1e-4 else "lua_g03"
+    return Optimizer(
+        name, k_lua, cap(k_lua),
+        lambda seed: recipes.lua(per_pass, task="mnistfc", key=seed, **override,
+                                 **({} if name == "lua" else {"gamma": scope})),
+        lambda t: float(scope(t)),
+        f"`recipes.lua(steps_per_epoch={per_pass}, task=\"mnistfc\""
+        + ("" if name == "lua" else ", gamma=entropy_optax.scoping(0.03, 1e-3)") + ")`: "
+        f"L = {k_lua}, Langevin steps 0.1 with Nesterov 0.9, noise 1e-4, gamma {gamma0:g} "
+        "(1 + 1e-3)^t" + ("" if name == "lua" else " (the PyTorch port's scope)") + ", no outer "
+        "momentum, outer learning rate 1 for its first 2 epochs of L passes "
+        f"({2 * k_lua} effective epochs), 0.1 after")
+
+  sgd = lambda seed: optax.sgd(0.1, momentum=0.9, nesterov=True)
   return {
-      "sgd": Optimizer(
-          "sgd", k_sgd, cap(k_sgd), lambda seed: optax.sgd(0.1, momentum=0.9, nesterov=True), None,
-          "`optax.sgd(0.1, momentum=0.9, nesterov=True)`"),
-      "lua": Optimizer(
-          "lua", k_lua, cap(k_lua),
-          lambda seed: recipes.lua(per_pass, task="mnistfc", key=seed, **override),
-          # The recipe's scope for mnistfc (recipes.lua's docstring): 1e-4 (1 + 1e-3)^t.
-          lambda t: float(entropy_optax.scoping(1e-4, 1e-3)(t)),
-          f"`recipes.lua(steps_per_epoch={per_pass}, task=\"mnistfc\")`: L = {k_lua}, Langevin "
-          "steps 0.1 with Nesterov 0.9, noise 1e-4, gamma 1e-4 (1 + 1e-3)^t, no outer momentum, "
-          f"outer learning rate 1 for its first 2 epochs of L passes ({2 * k_lua} effective "
-          "epochs), 0.1 after"),
+      "sgd": Optimizer("sgd", k_sgd, cap(k_sgd), sgd, None,
+                       "`optax.sgd(0.1, momentum=0.9, nesterov=True)`"),
+      "sgd_wd": Optimizer(
+          "sgd_wd", k_sgd, cap(k_sgd),
+          lambda seed: optax.chain(optax.add_decayed_weights(WEIGHT_DECAY), sgd(seed)), None,
+          f"`optax.chain(optax.add_decayed_weights({WEIGHT_DECAY:g}), optax.sgd(0.1, momentum=0.9, "
+          "nesterov=True))`: the Bocconi recipe's weight decay, added to the gradient as that "
+          "recipe adds it to its Langevin gradient"),
+      "lua": lua(1e-4),
+      "lua_g03": lua(0.03),
       "bocconi": Optimizer(
           "bocconi", k_bocconi, bocconi_steps,
           lambda seed: recipes.bocconi(bocconi_steps, key=seed, **override),
@@ -324,7 +374,8 @@ def optimizer_specs(config: dict[str, Any]) -> dict[str, Optimizer]:
           f"`recipes.bocconi(total_outer_steps={bocconi_steps})`: L = {k_bocconi}, gamma-scaled "
           "outer step 0.1 with Nesterov 0.9, gamma grown from 0.5 to 5 over the cap's "
           f"{bocconi_steps} outer steps (equal-budget-aware: its schedule is set by the cap, "
-          "not by when the target is reached)"),
+          f"not by when the target is reached), weight decay {WEIGHT_DECAY:g} on the Langevin "
+          "gradient"),
   }
 
 
@@ -347,10 +398,10 @@ def freeze(config: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
 
 
 def train_to_target(name: str, seed: int, config: dict[str, Any],
-                    data: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+                    data: dict[str, Any]) -> tuple[dict[str, Any], Any, Any]:
   """Trains one optimizer from the seed's init until the checked loss first reaches the target.
 
-  Returns the run's record and the end point's params.
+  Returns the run's record, the end point's params and its optimizer state.
   """
   spec = optimizer_specs(config)[name]
   step = train_step(name, freeze(config))
@@ -358,7 +409,10 @@ def train_to_target(name: str, seed: int, config: dict[str, Any],
   n, batch, k = len(x), config["batch_size"], spec.per_call
   per_pass = n // batch
   target = config["target_loss"]
-  calls_per_check = max(1, math.ceil(config["check_every"] / k))
+  check_every = max(1, math.ceil(config["check_every"] / k)) * k  # minibatches, whole calls
+  cap = spec.max_calls * k
+  # The replay's step: one minibatch for SGD; Entropy-SGD's anchor moves only once an outer step.
+  fine_k = k if spec.gamma else 1
 
   def check(p: Any) -> float:  # the training loss that is compared with the target
     return float(dataset_mean(loss_fn, p, data["loss_batches"]))
@@ -366,50 +420,75 @@ def train_to_target(name: str, seed: int, config: dict[str, Any],
   start = time.perf_counter()
   params = init_mlp(jax.random.key(seed), (x.shape[1], config["hidden"], config["hidden"], 10))
   opt_state = spec.make(seed).init(params)
-  calls, checks, replays, status = 0, 1, 0, None
+  done, checks, replays, status = 0, 1, 0, None  # done: minibatches trained on
   loss = check(params)
   history = [[0.0, loss]]
   if loss <= target:
     status = "reached"
   snapshot, fine = (0, params, opt_state), False
-  while status is None and calls < spec.max_calls:
-    index = minibatch_indices(seed, n, batch, calls * k, k)
+  while status is None and done < cap:
+    size = min(fine_k if fine else k, cap - done)
+    index = minibatch_indices(seed, n, batch, done, size)
     batches = {"x": jnp.asarray(x[index]), "y": jnp.asarray(y[index])}
     params, opt_state, _ = step(params, opt_state, batches)
-    calls += 1
-    if not (fine or calls % calls_per_check == 0 or calls == spec.max_calls):
+    done += size
+    if not (fine or done % check_every == 0 or done == cap):
       continue
     loss, checks = check(params), checks + 1
     if not math.isfinite(loss):
       status = "diverged"
-    elif loss <= target and not fine and calls - snapshot[0] > 1:
-      # Crossed in the last interval: replay it from its start, checking after every call.
-      (calls, params, opt_state), fine, replays = snapshot, True, replays + 1
+    elif loss <= target and not fine and done - snapshot[0] > fine_k:
+      # Crossed in the last interval: replay it from its start, checking after every step.
+      (done, params, opt_state), fine, replays = snapshot, True, replays + 1
     elif loss <= target:
       status = "reached"
     else:
-      history.append([calls * k / per_pass, loss])
+      history.append([done / per_pass, loss])
       if not fine:
-        snapshot = (calls, params, opt_state)
+        snapshot = (done, params, opt_state)
   status = status or "cap"
   jax.block_until_ready(params)
   train_seconds = time.perf_counter() - start
   if status == "reached":
-    history.append([calls * k / per_pass, loss])
+    history.append([done / per_pass, loss])
+  outer_steps = done // k
   run = {
       "optimizer": name, "seed": seed, "status": status, "reached": status == "reached",
-      "target_loss": target, "loss": loss, "epochs": calls * k / per_pass, "grad_evals": calls * k,
-      "calls": calls, "minibatches_per_call": k, "check_every_minibatches": calls_per_check * k,
-      "checks": checks, "replays": replays, "cap_epochs": spec.max_calls * k / per_pass,
-      "history": history, "train_seconds": train_seconds,
-      "gamma_end": spec.gamma(max(calls - 1, 0)) if spec.gamma else None,
+      "target_loss": target, "loss": loss, "epochs": done / per_pass, "grad_evals": done,
+      "minibatches_per_call": k, "minibatches_per_replay_step": fine_k,
+      "check_every_minibatches": check_every, "checks": checks, "replays": replays,
+      "cap_epochs": cap / per_pass, "history": history, "train_seconds": train_seconds,
+      "gamma_end": spec.gamma(max(outer_steps - 1, 0)) if spec.gamma else None,
       "skipped_outer_steps": int(getattr(opt_state, "skipped", 0)),
   }
   run["train_loss"] = float(dataset_mean(loss_fn, params, data["train_batches"]))
   run["train_error"] = float(dataset_mean(error_fn, params, data["train_batches"]))
   run["test_loss"] = float(dataset_mean(loss_fn, params, data["test_batches"]))
   run["test_error"] = float(dataset_mean(error_fn, params, data["test_batches"]))
-  return run, params
+  return run, params, opt_state
+
+
+def exclusion(run: dict[str, Any], tolerance: float) -> str:
+  """Why ``run``'s end point counts in no mean and no verdict, or ``""`` when it counts.
+
+  It counts when it reached the target loss and stopped within ``tolerance`` (a fraction of
+  the target) below it: further below, its optimizer trained to a lower loss than the others.
+
+  Examples:
+    >>> exclusion({"reached": True, "loss": 0.0917, "target_loss": 0.1}, 0.05)
+    '8.3% below the target, outside the 5% tolerance'
+    >>> exclusion({"reached": True, "loss": 0.0990, "target_loss": 0.1}, 0.05)
+    ''
+    >>> exclusion({"reached": False, "status": "cap", "loss": 0.2, "target_loss": 0.1}, 0.05)
+    'did not reach the target (cap)'
+  """
+  if not run.get("reached"):
+    return f"did not reach the target ({run.get('status', 'unknown')})"
+  target, loss = run.get("target_loss"), run.get("loss")
+  if target and loss is not None and (target - loss) / target > tolerance:
+    return (f"{100 * (target - loss) / target:.1f}% below the target, outside the "
+            f"{100 * tolerance:g}% tolerance")
+  return ""
 
 
 # ---------------------------------------------------------------------------- measurements
@@ -430,11 +509,98 @@ def measurement_fns(config_items: tuple[tuple[str, Any], ...]) -> dict[str, Call
       "energy_loss": lambda p, b, key: diagnostics.local_energy(
           loss_fn, p, b, key, sigmas=sigmas, num_samples=c["energy_samples"]),
   }
+  fns["scaled_traces"] = lambda p, b, key: scaled_traces(p, b, key, c["trace_probes"])
   if c["entropy_steps"]:
     fns["entropy"] = lambda p, b, key: diagnostics.local_entropy_estimate(
         loss_fn, p, b, key, gamma=0.03, langevin_lr=0.1, noise=1e-4,
         num_steps=c["entropy_steps"], burn_in=c["entropy_steps"] // 5, num_lambdas=4)
   return {name: jax.jit(fn) for name, fn in fns.items()}
+
+
+def tensor_names(params: list[dict[str, Any]]) -> list[str]:
+  """``W1``, ``b1``, ``W2``, ...: the parameter tensors in the order of ``jax.tree.leaves``."""
+  return [f"{kind.upper() if kind == 'w' else kind}{i + 1}"
+          for i, layer in enumerate(params) for kind in sorted(layer)]
+
+
+def scaled_traces(params: Any, batches: Any, key: jax.Array, num_probes: int) -> dict[str, jax.Array]:
+  r"""Per probe: each tensor's Hutchinson term, and the element-wise normalised trace's.
+
+  With Rademacher probes v, :math:`v_g^\top (H v)_g` estimates :math:`\operatorname{tr} H_g`,
+  the trace of tensor g's diagonal block (the cross terms have mean 0), and
+  :math:`u^\top H u` with :math:`u = |\theta| \odot v` estimates
+  :math:`\operatorname{tr}(|\theta| H |\theta|) = \sum_i \theta_i^2 H_{ii}`, the
+  second-order term of the loss under :math:`\theta \to \theta (1 + \sigma z)` (the local
+  energy's noise) and of Kwon et al.'s adaptive sharpness (arXiv:2102.11600). Rescaling a
+  tensor by s leaves the function of a ReLU net unchanged when another is rescaled by 1/s
+  (Dinh et al., arXiv:1703.04933), and multiplies :math:`H_g` by :math:`1 / s^2`:
+  :math:`\|\theta_g\|^2 \operatorname{tr} H_g` and :math:`\theta_i^2 H_{ii}` do not change.
+  """
+  def full_loss(p: Any) -> jax.Array:
+    return jnp.mean(jax.lax.map(lambda b: loss_fn(p, b), batches))
+
+  grad = jax.grad(full_loss)
+  leaves, treedef = jax.tree.flatten(params)
+
+  def probe(k: jax.Array) -> tuple[jax.Array, jax.Array]:
+    v = [jax.random.rademacher(kk, leaf.shape, leaf.dtype)
+         for kk, leaf in zip(jax.random.split(k, len(leaves)), leaves)]
+    hv = jax.tree.leaves(jax.jvp(grad, (params,), (treedef.unflatten(v),))[1])
+    u = [jnp.abs(leaf) * vi for leaf, vi in zip(leaves, v)]
+    hu = jax.tree.leaves(jax.jvp(grad, (params,), (treedef.unflatten(u),))[1])
+    return (jnp.stack([jnp.vdot(a, b) for a, b in zip(v, hv)]),
+            sum(jnp.vdot(a, b) for a, b in zip(u, hu)))
+
+  by_tensor, elementwise = jax.lax.map(probe, jax.random.split(key, num_probes))
+  return {"by_tensor": by_tensor, "elementwise": elementwise}
+
+
+def mean_stderr(values: np.ndarray) -> tuple[float, float]:
+  """The mean of per-probe values and its standard error."""
+  values = np.asarray(values, np.float64)
+  return float(values.mean()), float(values.std(ddof=1) / math.sqrt(len(values)))
+
+
+@functools.lru_cache(maxsize=8)
+def inner_step(name: str, config_items: tuple[tuple[str, Any], ...]) -> Callable[..., Any]:
+  """One step-interleaved Langevin step of an Entropy-SGD optimizer, jitted: (walker, state,
+  batch) -> (walker, state, the minibatch gradient's norm at the walker)."""
+  tx = optimizer_specs(dict(config_items))[name].make(0)
+
+  def step(walker: Any, state: Any, batch: Any) -> tuple[Any, Any, jax.Array]:
+    grads = jax.grad(loss_fn)(walker, batch)
+    updates, state = tx.update(grads, state, walker)
+    return optax.apply_updates(walker, updates), state, optax.global_norm(grads)
+
+  return jax.jit(step)
+
+
+def coupling(name: str, seed: int, params: Any, opt_state: Any, done: int, config: dict[str, Any],
+             data: dict[str, Any]) -> dict[str, float]:
+  """How strongly an Entropy-SGD walker is tied to its anchor at the end point.
+
+  Runs the L - 1 Langevin steps of one more outer step (its minibatches: the ones training would
+  have taken next), step-interleaved from the end point's state, and discards them: the mean
+  distance ||x' - x|| of the walker from the anchor x over those steps, its ratio to ||x||, and
+  the mean ratio of the coupling's pull gamma ||x' - x|| to the data gradient's norm at x'.
+  Near 0, the walker runs as SGD restarted at the anchor every outer step.
+  """
+  spec = optimizer_specs(config)[name]
+  step = inner_step(name, freeze(config))
+  x, y = data["x_train"], data["y_train"]
+  index = minibatch_indices(seed, len(x), config["batch_size"], done, spec.per_call)
+  gamma = spec.gamma(done // spec.per_call)
+  walker, state, distances, ratios = params, opt_state, [], []
+  for i in range(spec.per_call - 1):
+    walker, state, grad_norm = step(walker, state, {"x": jnp.asarray(x[index[i]]),
+                                                    "y": jnp.asarray(y[index[i]])})
+    distance = float(optax.global_norm(jax.tree.map(jnp.subtract, walker, params)))
+    distances.append(distance)
+    ratios.append(gamma * distance / float(grad_norm))
+  norm = float(optax.global_norm(params))
+  return {"walker_distance": float(np.mean(distances)) if distances else 0.0,
+          "walker_distance_relative": float(np.mean(distances)) / norm if distances else 0.0,
+          "coupling_ratio": float(np.mean(ratios)) if ratios else 0.0, "coupling_gamma": gamma}
 
 
 def measure(params: Any, seed: int, config: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
@@ -467,6 +633,16 @@ def measure(params: Any, seed: int, config: dict[str, Any], data: dict[str, Any]
     curve = timed(f"energy_{metric}", f"energy_{metric}", energy, keys["energy"])
     out[f"energy_{metric}"] = np.asarray(curve.mean).tolist()
     out[f"energy_{metric}_stderr"] = np.asarray(curve.stderr).tolist()
+  scaled = timed("scaled_traces", "scaled_traces", hessian, jax.random.key(20_000 + seed))
+  names = tensor_names(params)
+  leaves = jax.tree.leaves(params)
+  by_tensor = np.asarray(scaled["by_tensor"], np.float64)  # (probes, tensors)
+  norms = [float(jnp.linalg.norm(leaf)) for leaf in leaves]
+  out["weight_norms"] = dict(zip(names, norms))
+  out["trace_by_tensor"] = dict(zip(names, by_tensor.mean(axis=0).tolist()))
+  weights = np.asarray([n**2 / leaf.size for n, leaf in zip(norms, leaves)])
+  out["trace_layer_normalised"], out["trace_layer_normalised_stderr"] = mean_stderr(by_tensor @ weights)
+  out["trace_elementwise"], out["trace_elementwise_stderr"] = mean_stderr(scaled["elementwise"])
   if "entropy" in fns:
     entropy = timed("entropy", "entropy", hessian, keys["entropy"])
     out["gibbs_mean_loss"] = float(entropy.mean_loss)
@@ -511,6 +687,65 @@ def runs_of(report: dict[str, Any], name: str) -> list[dict[str, Any]]:
   return [report["runs"][key] for key in sorted(report["runs"]) if key.startswith(name + "/")]
 
 
+def tolerance_of(report: dict[str, Any]) -> float:
+  return report.get("tolerance", TOLERANCE["quick" if report.get("config", {}).get("quick") else "full"])
+
+
+def counted(report: dict[str, Any], name: str) -> list[dict[str, Any]]:
+  """``name``'s end points that count in means and verdicts (:func:`exclusion`)."""
+  return [r for r in runs_of(report, name) if not exclusion(r, tolerance_of(report))]
+
+
+def measures(config: dict[str, Any]) -> list[tuple[str, str, Callable[[dict[str, Any]], float]]]:
+  """Every measure with a verdict: (label, the record's key, its value); lower is flatter or
+  better. The local energy at every sigma of the run, error and loss."""
+  out: list[tuple[str, str, Callable[[dict[str, Any]], float]]] = [
+      ("top Hessian eigenvalue", "top_eigenvalues", lambda r: r["top_eigenvalues"][0]),
+      ("Hessian trace", "trace", lambda r: r["trace"]),
+      ("Hessian trace, layer-normalised", "trace_layer_normalised",
+       lambda r: r["trace_layer_normalised"]),
+      ("Hessian trace, element-wise normalised", "trace_elementwise",
+       lambda r: r["trace_elementwise"]),
+      ("test error %", "test_error", lambda r: 100 * r["test_error"]),
+      ("test loss", "test_loss", lambda r: r["test_loss"]),
+  ]
+  for i, sigma in enumerate(config.get("sigmas", [])):
+    out.append((f"train error % under weight noise, sigma = {sigma:g}", "energy_error",
+                lambda r, i=i: 100 * r["energy_error"][i]))
+  for i, sigma in enumerate(config.get("sigmas", [])):
+    out.append((f"train loss under weight noise, sigma = {sigma:g}", "energy_loss",
+                lambda r, i=i: r["energy_loss"][i]))
+  return out
+
+
+def verdicts(report: dict[str, Any]) -> list[dict[str, Any]]:
+  """Each recipe with end points against its baseline (:data:`BASELINES`), on every measure
+  some end point records, by :func:`benchmarks.reports.judge`, counted end points only.
+
+  Returns dicts with ``recipe``, ``baseline`` (keys of :data:`OPTIMIZERS`), ``measure``,
+  ``values`` (recipe's, baseline's) and ``judgement``.
+  """
+  out = []
+  recorded = {key for r in report.get("runs", {}).values() for key in r}
+  for recipe, baseline in BASELINES.items():
+    a, b = counted(report, recipe), counted(report, baseline)
+    if not runs_of(report, recipe):
+      continue
+    for label, key, value in measures(report.get("config", {})):
+      if key not in recorded:
+        continue
+      values = ([value(r) for r in a if key in r], [value(r) for r in b if key in r])
+      if not b:
+        j = reports.Judgement("n/a", f"no counted end points of {OPTIMIZERS[baseline]}")
+      elif len(values[0]) < len(a) or len(values[1]) < len(b):
+        j = reports.Judgement("n/a", f"{key} not recorded at every end point")
+      else:
+        j = reports.judge(a, values[0], b, values[1])
+      out.append({"recipe": recipe, "baseline": baseline, "measure": label, "values": values,
+                  "judgement": j})
+  return out
+
+
 def common_density(report: dict[str, Any], points: int = 1500) -> tuple[np.ndarray, dict[str, np.ndarray]]:
   """Every end point's SLQ density on one grid, broadened alike; averaged per optimizer."""
   runs = [r for r in report["runs"].values() if "slq_nodes" in r]
@@ -537,7 +772,7 @@ def plot(report: dict[str, Any], path: pathlib.Path) -> None:
 
   config = report["config"]
   sigmas = np.asarray(config["sigmas"])
-  colors = dict(zip(OPTIMIZERS, ["tab:blue", "tab:red", "tab:green"]))
+  colors = dict(zip(OPTIMIZERS, ["tab:blue", "tab:cyan", "tab:red", "tab:orange", "tab:green"]))
   fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
   (curves, spectrum), (energy_error, energy_loss) = axes
   for name, label in OPTIMIZERS.items():
@@ -547,11 +782,14 @@ def plot(report: dict[str, Any], path: pathlib.Path) -> None:
     for i, r in enumerate(runs):
       h = np.asarray(r["history"])
       curves.semilogy(h[:, 0], h[:, 1], color=colors[name], alpha=0.7, label=label if i == 0 else None)
+    kept = counted(report, name)
     for ax, metric, scale in ((energy_error, "error", 100), (energy_loss, "loss", 1)):
-      values = scale * np.asarray([r[f"energy_{metric}"] for r in runs])
-      std = values.std(axis=0, ddof=1) if len(runs) > 1 else np.zeros(len(sigmas))
+      if not kept:
+        continue
+      values = scale * np.asarray([r[f"energy_{metric}"] for r in kept])
+      std = values.std(axis=0, ddof=1) if len(kept) > 1 else np.zeros(len(sigmas))
       ax.errorbar(sigmas, values.mean(axis=0), yerr=std, marker="o", capsize=3, color=colors[name],
-                  label=f"{label} ({len(runs)} seeds)")
+                  label=f"{label} ({len(kept)} counted seeds)")
   if report["runs"]:
     grid, densities = common_density(report)
     for name, density in densities.items():
@@ -591,17 +829,21 @@ def markdown(report: dict[str, Any]) -> str:
   its provenance (:mod:`benchmarks.reports`)."""
   config, info = report["config"], report["machine"]
   seeds = expected_seeds(report)
-  tolerance = report["tolerance"]
+  tolerance = tolerance_of(report)
+  current = config.get("protocol") == PROTOCOL
   specs = optimizer_specs(config)
-  columns = {name: runs_of(report, name) for name in OPTIMIZERS}
+  every = {name: runs_of(report, name) for name in OPTIMIZERS}
+  columns = {name: counted(report, name) for name in OPTIMIZERS}
   missing = {name: [s for s in seeds if f"{name}/{s}" not in report["runs"]] for name in OPTIMIZERS}
   per_pass = config["train_size"] // config["batch_size"]
+  command = (f"`{completion_command(report, list(OPTIMIZERS))}`" if current else
+             f"`{report['command']}`, under protocol {config.get('protocol', 1)}: the current code "
+             f"(protocol {PROTOCOL}) does not resume it; its rerun is under Missing")
   lines = [
       "# Flatness of the minima SGD and Entropy-SGD find, at equal training loss "
       "(mnistfc, Fashion-MNIST)",
       "",
-      f"* Command (the whole experiment; it skips the end points the JSON holds): "
-      f"`{completion_command(report, list(OPTIMIZERS))}`",
+      f"* Command (the whole experiment; it skips the end points the JSON holds): {command}",
       f"* Machine: {info['cpu']} (lscpu), {info['cpus']} cores; JAX {info['jax']}, backend "
       f"{info['backend']}; entropy_optax {info['entropy_optax']} (the file's record of its last "
       "invocation; each end point's own machine and code, from its provenance, are in the end "
@@ -627,17 +869,27 @@ def markdown(report: dict[str, Any]) -> str:
       f"before the check. It is checked every {config['check_every']} minibatches (rounded up to a "
       "whole number of train-step calls); at the first check at or below the target the last "
       "interval is replayed from its start (same minibatches, same optimizer state, same noise key) "
-      "with a check after every call, so the end point is the first call after which the loss is at "
-      "or below the target. One call is L minibatches for Entropy-SGD (an outer step) and "
-      f"{config['sgd_steps_per_call']} for SGD, so the loss at the end point lies just below the "
-      f"target; an end point counts as at the target when it is within {100 * tolerance:g}% of it. "
+      + ("with a check after every minibatch for SGD and every outer step (L minibatches: the "
+         "anchor moves only then) for Entropy-SGD, so the end point is the first such step after "
+         "which the loss is at or below the target. "
+         if current else
+         "with a check after every call, so the end point is the first call after which the loss "
+         "is at or below the target. One call is L minibatches for Entropy-SGD (an outer step) "
+         f"and {config['sgd_steps_per_call']} for SGD (protocol 1: SGD's replay now steps one "
+         "minibatch at a time). ")
+      + f"An end point counts when its loss is at most {100 * tolerance:g}% below the target; "
+      "one further below (its last step overshot) is shown in the end points' table, marked "
+      "excluded with the reason, and counts in no mean and no verdict. "
       f"Effective epochs count gradient evaluations x batch / training-set size ({per_pass} "
       f"minibatches per epoch); the cap is {config['epochs']:g} effective epochs, and a run that "
-      "reaches it without the target is marked 'cap' (measured all the same).",
+      "reaches it without the target is marked 'cap', measured and excluded.",
       "",
-      "Optimizers (each minibatch is one gradient evaluation for all three):",
+      "Optimizers (each minibatch is one gradient evaluation for all of them):",
       "",
       *[f"* {OPTIMIZERS[name]}: {spec.description}." for name, spec in specs.items()],
+      "",
+      "Each Entropy-SGD recipe is compared with the SGD-Nesterov of its weight decay: "
+      + ", ".join(f"{OPTIMIZERS[r]} with {OPTIMIZERS[b]}" for r, b in BASELINES.items()) + ".",
       "",
       f"At each end point, on the first {config['hessian_size']} training images (seed-keyed "
       "probes, the same for every optimizer): spectral density by stochastic Lanczos quadrature "
@@ -646,25 +898,37 @@ def markdown(report: dict[str, Any]) -> str:
       f"broadening); the top {config['top_k']} eigenvalues, as the largest Ritz values of those "
       "Lanczos runs (the best over the runs; each is a lower bound on its eigenvalue and the extreme "
       f"ones converge first); Hessian trace (Hutchinson, {config['trace_probes']} "
-      f"Rademacher probes; the table gives the mean ± std over seeds, and the root-mean-square of "
-      f"the seeds' standard errors); local energy (train error and loss on "
-      f"{config['energy_size']} images under w -> w (1 + sigma N(0, 1)), "
-      f"{config['energy_samples']} draws per sigma)"
-      + (f"; local entropy (Langevin, gamma 0.03, noise 1e-4, {config['entropy_steps']} steps)."
-         if config["entropy_steps"] else "."),
+      "Rademacher probes; the table gives the mean ± std over seeds, and the root-mean-square of "
+      "the seeds' standard errors). A raw trace changes when the ReLU layers are rescaled, which "
+      "leaves the network's function unchanged (Dinh et al. 2017, arXiv:1703.04933); two traces "
+      "that do not, from the same number of probes: the layer-normalised "
+      "Σ_g ‖θ_g‖² tr(H_g) / n_g over the parameter tensors g (n_g entries each; their norms are "
+      "in the table), and the element-wise tr(|θ| H |θ|) = Σ_i θ_i² H_ii, the second-order term "
+      "of Kwon et al.'s adaptive sharpness (ASAM, ICML 2021, arXiv:2102.11600) and of the local "
+      f"energy below. Local energy: train error and loss on {config['energy_size']} images "
+      f"under w -> w (1 + sigma N(0, 1)), {config['energy_samples']} draws per sigma, every "
+      "sigma a verdict of its own"
+      + (f"; local entropy (Langevin, gamma 0.03, noise 1e-4, {config['entropy_steps']} steps)"
+         if config["entropy_steps"] else "")
+      + ". For Entropy-SGD, the coupling of its walker to the anchor at the end point: the L - 1 "
+      "Langevin steps of one more outer step (discarded), their mean ‖x' - x‖ and "
+      "γ ‖x' - x‖ / ‖∇f(x')‖ (near 0: the walker runs as SGD restarted at the anchor).",
       "",
       "![flatness](flatness.png)",
       "",
-      "## Results (mean ± std over seeds)",
+      "## Results (mean ± std over the counted end points)",
       "",
       "| | " + " | ".join(OPTIMIZERS.values()) + " |",
       "|---|" + "---|" * len(OPTIMIZERS),
   ]
 
   def done_cell(name: str) -> str:
-    runs, todo = columns[name], missing[name]
+    runs, todo = every[name], missing[name]
     text = f"{len(runs)} of {len(runs) + len(todo)}"
-    if todo:
+    excluded = len(runs) - len(columns[name])
+    if excluded:
+      text += f", {excluded} excluded"
+    if todo and current:
       text += f"; complete with `{completion_command(report, [name])}`"
     return text
 
@@ -672,20 +936,29 @@ def markdown(report: dict[str, Any]) -> str:
     cells = (fn(columns[name]) if columns[name] else "—" for name in OPTIMIZERS)
     return f"| {label} | " + " | ".join(cells) + " |"
 
-  def stat(value: Callable[[dict[str, Any]], float], fmt: str, scale: float = 1.0) -> Callable[..., str]:
-    return lambda rs: cell([value(r) for r in rs], fmt, scale)
+  def stat(value: Callable[[dict[str, Any]], float], fmt: str, scale: float = 1.0,
+           key: str = "") -> Callable[..., str]:
+    return lambda rs: ("—" if key and any(key not in r for r in rs)
+                       else cell([value(r) for r in rs], fmt, scale))
 
   def gap(r: dict[str, Any]) -> float:  # how far below the target, in % of it
     target = config["target_loss"]
     return 100 * (target - r["loss"]) / target if target else 0.0
 
-  def trace_cell(rs: list[dict[str, Any]]) -> str:
-    rms_stderr = math.sqrt(np.mean([r["trace_stderr"] ** 2 for r in rs]))
-    return cell([r["trace"] for r in rs], ".4g") + f" (s.e. {rms_stderr:.2g})"
+  def trace_cell(key: str) -> Callable[[list[dict[str, Any]]], str]:
+    def fn(rs: list[dict[str, Any]]) -> str:
+      if any(key not in r for r in rs):
+        return "—"
+      rms_stderr = math.sqrt(np.mean([r[key + "_stderr"] ** 2 for r in rs]))
+      return cell([r[key] for r in rs], ".4g") + f" (s.e. {rms_stderr:.2g})"
+    return fn
 
+  tensors = next((list(r["weight_norms"]) for r in report["runs"].values() if "weight_norms" in r), [])
   lines.append("| end points (seeds) | " + " | ".join(done_cell(n) for n in OPTIMIZERS) + " |")
   lines += [
-      row("target reached", lambda rs: f"{sum(r['reached'] for r in rs)} of {len(rs)}"),
+      "| target reached | " + " | ".join(
+          f"{sum(r['reached'] for r in every[n])} of {len(every[n])}" if every[n] else "—"
+          for n in OPTIMIZERS) + " |",
       row("effective epochs to the target", stat(lambda r: r["epochs"], ".1f")),
       row(f"training loss at the end point ({config['loss_size']} images)",
           stat(lambda r: r["loss"], ".4f")),
@@ -698,9 +971,16 @@ def markdown(report: dict[str, Any]) -> str:
   lines += [row(f"Hessian eigenvalue {i + 1}", stat(lambda r, i=i: r["top_eigenvalues"][i], ".4g"))
             for i in range(config["top_k"])]
   lines += [
-      row("Hessian trace (Hutchinson; rms s.e. of the seeds)", trace_cell),
-      row("most negative Ritz value (SLQ)", stat(lambda r: r["min_ritz"], ".3g")),
+      row("Hessian trace (Hutchinson; rms s.e. of the seeds)", trace_cell("trace")),
+      row("Hessian trace, layer-normalised Σ_g ‖θ_g‖² tr(H_g) / n_g", trace_cell("trace_layer_normalised")),
+      row("Hessian trace, element-wise normalised tr(\\|θ\\| H \\|θ\\|)", trace_cell("trace_elementwise")),
   ]
+  lines += [row(f"weight norm ‖{t}‖", stat(lambda r, t=t: r["weight_norms"][t], ".4g", key="weight_norms"))
+            for t in tensors]
+  lines += [row(f"Hessian trace of {t}'s block", stat(lambda r, t=t: r["trace_by_tensor"][t], ".4g",
+                                                     key="trace_by_tensor"))
+            for t in tensors]
+  lines += [row("most negative Ritz value (SLQ)", stat(lambda r: r["min_ritz"], ".3g"))]
   lines += [row(f"local energy: train error (%) at sigma {sigma:g}",
                 stat(lambda r, i=i: r["energy_error"][i], ".2f", 100))
             for i, sigma in enumerate(config["sigmas"])]
@@ -713,11 +993,36 @@ def markdown(report: dict[str, Any]) -> str:
         row("Gibbs `<‖x' - x‖^2>`", stat(lambda r: r["gibbs_mean_sq_distance"], ".4g")),
         row("free energy `∫ <f>_λ dλ`", stat(lambda r: r["free_energy"], ".4f")),
     ]
+
+  def entropy_stat(key: str, fmt: str) -> Callable[[list[dict[str, Any]]], str]:
+    return lambda rs: ("—" if rs[0]["gamma_end"] is None or any(key not in r for r in rs)
+                       else cell([r[key] for r in rs], fmt))
+
   lines += [
-      row("scope gamma at the end point",
-          lambda rs: "—" if rs[0]["gamma_end"] is None else cell([r["gamma_end"] for r in rs], ".3g")),
+      row("scope gamma at the end point", entropy_stat("gamma_end", ".3g")),
+      row("walker's ‖x' - x‖ in one more outer step", entropy_stat("walker_distance", ".3g")),
+      row("the same, relative to ‖x‖", entropy_stat("walker_distance_relative", ".3g")),
+      row("coupling γ ‖x' - x‖ / ‖∇f(x')‖", entropy_stat("coupling_ratio", ".3g")),
       row("training wall time (s)", stat(lambda r: r["train_seconds"], ".1f")),
       row("measuring wall time (s)", stat(lambda r: r["wall_s"] - r["train_seconds"], ".1f")),
+      "",
+      "## Verdicts",
+      "",
+      reports.RULE + " End points outside the tolerance count in none.",
+      "",
+  ]
+  judged = verdicts(report)
+  pairs = [(r, b) for r, b in BASELINES.items() if any(v["recipe"] == r for v in judged)]
+  if pairs:
+    lines += ["| measure | " + " | ".join(f"{OPTIMIZERS[r]} vs {OPTIMIZERS[b]}" for r, b in pairs)
+              + " |", "|---|" + "---|" * len(pairs)]
+    for label in dict.fromkeys(v["measure"] for v in judged):
+      cells = [next((v["judgement"].text(4) for v in judged
+                     if v["measure"] == label and v["recipe"] == r), "—") for r, _ in pairs]
+      lines.append(f"| {label} | " + " | ".join(cells) + " |")
+  else:
+    lines.append("No recipe has end points yet.")
+  lines += [
       "",
       "## End points",
       "",
@@ -726,14 +1031,21 @@ def markdown(report: dict[str, Any]) -> str:
       "|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for name in OPTIMIZERS:
-    for r in columns[name]:
-      flag_text = "" if not r["reached"] or gap(r) <= 100 * tolerance else " (outside tolerance)"
+    for r in every[name]:
+      why = exclusion(r, tolerance)
+      status = r["status"] + (f", **excluded**: {why}" if why and r["reached"] else
+                              ", **excluded**" if why else "")
       lines.append(
-          f"| {OPTIMIZERS[name]} | {r['seed']} | {r['status']}{flag_text} | {r['epochs']:.2f} | "
+          f"| {OPTIMIZERS[name]} | {r['seed']} | {status} | {r['epochs']:.2f} | "
           f"{r['loss']:.5f} | {gap(r):.2f} | {r['checks']} | {r['skipped_outer_steps']} | "
           f"{r['wall_s']:.1f} | {reports.machine(r)} | {reports.code(r)} |")
   todo = {name: seeds_left for name, seeds_left in missing.items() if seeds_left}
-  if todo:
+  if not current:
+    lines += ["", "## Missing", "",
+              f"Every optimizer under protocol {PROTOCOL}, seeds 0, 1, 2: these end points "
+              f"(protocol {config.get('protocol', 1)}) count in no verdict of it. The rerun, into "
+              f"a fresh folder (resumable): `{RERUN}`."]
+  elif todo:
     lines += ["", "## Missing", ""]
     lines += [f"* {OPTIMIZERS[name]}, seeds {', '.join(map(str, left))}: "
               f"`{completion_command(report, [name])}`" for name, left in todo.items()]
@@ -832,11 +1144,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"{key}: done, skipped", flush=True)
         continue
       start = time.perf_counter()
-      run, params = train_to_target(name, seed, config, data)
+      run, params, opt_state = train_to_target(name, seed, config, data)
       print(f"{key}: {run['status']} after {run['epochs']:.2f} effective epochs, loss {run['loss']:.5f} "
             f"(target {config['target_loss']:g}), test error {100 * run['test_error']:.2f}%, "
             f"{run['train_seconds']:.1f} s", flush=True)
       run.update(measure(params, seed, config, data))
+      if optimizer_specs(config)[name].gamma:
+        run.update(coupling(name, seed, params, opt_state, run["grad_evals"], config, data))
       run["wall_s"] = time.perf_counter() - start
       run["provenance"] = origin
       report["runs"][key] = run
