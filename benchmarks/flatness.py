@@ -524,35 +524,40 @@ def tensor_names(params: list[dict[str, Any]]) -> list[str]:
 
 
 def scaled_traces(params: Any, batches: Any, key: jax.Array, num_probes: int) -> dict[str, jax.Array]:
-  r"""Per probe: each tensor's Hutchinson term, and the element-wise normalised trace's.
+  r"""Per Rademacher probe v: each tensor's Hutchinson term, and the two normalised traces'.
 
-  With Rademacher probes v, :math:`v_g^\top (H v)_g` estimates :math:`\operatorname{tr} H_g`,
-  the trace of tensor g's diagonal block (the cross terms have mean 0), and
-  :math:`u^\top H u` with :math:`u = |\theta| \odot v` estimates
-  :math:`\operatorname{tr}(|\theta| H |\theta|) = \sum_i \theta_i^2 H_{ii}`, the
-  second-order term of the loss under :math:`\theta \to \theta (1 + \sigma z)` (the local
-  energy's noise) and of Kwon et al.'s adaptive sharpness (arXiv:2102.11600). Rescaling a
-  tensor by s leaves the function of a ReLU net unchanged when another is rescaled by 1/s
-  (Dinh et al., arXiv:1703.04933), and multiplies :math:`H_g` by :math:`1 / s^2`:
-  :math:`\|\theta_g\|^2 \operatorname{tr} H_g` and :math:`\theta_i^2 H_{ii}` do not change.
+  :math:`v_g^\top (H v)_g` estimates :math:`\operatorname{tr} H_g`, the trace of tensor g's
+  diagonal block (the cross terms have mean 0). With :math:`u = D v` for a diagonal D,
+  :math:`u^\top H u` estimates :math:`\operatorname{tr}(D H D)`: with D the root-mean-square
+  :math:`\|\theta_g\| / \sqrt{n_g}` of each tensor, the layer-normalised trace
+  :math:`\sum_g \|\theta_g\|^2 \operatorname{tr} H_g / n_g`; with :math:`D = |\theta|`,
+  :math:`\sum_i \theta_i^2 H_{ii}`, the second-order term of the loss under
+  :math:`\theta \to \theta (1 + \sigma z)` (the local energy's noise) and of Kwon et al.'s
+  adaptive sharpness (arXiv:2102.11600). Rescaling a tensor by s leaves a ReLU net's function
+  unchanged when another is rescaled by 1/s (Dinh et al., arXiv:1703.04933); it multiplies D by
+  s and the Hessian's rows and columns of that tensor by 1/s, so both estimates are unchanged,
+  probe by probe.
   """
   def full_loss(p: Any) -> jax.Array:
     return jnp.mean(jax.lax.map(lambda b: loss_fn(p, b), batches))
 
   grad = jax.grad(full_loss)
   leaves, treedef = jax.tree.flatten(params)
+  rms = [jnp.sqrt(jnp.mean(leaf**2)) for leaf in leaves]
 
-  def probe(k: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def quadratic(u: list[jax.Array]) -> tuple[list[jax.Array], list[jax.Array]]:
+    hu = jax.tree.leaves(jax.jvp(grad, (params,), (treedef.unflatten(u),))[1])
+    return u, hu
+
+  def probe(k: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     v = [jax.random.rademacher(kk, leaf.shape, leaf.dtype)
          for kk, leaf in zip(jax.random.split(k, len(leaves)), leaves)]
-    hv = jax.tree.leaves(jax.jvp(grad, (params,), (treedef.unflatten(v),))[1])
-    u = [jnp.abs(leaf) * vi for leaf, vi in zip(leaves, v)]
-    hu = jax.tree.leaves(jax.jvp(grad, (params,), (treedef.unflatten(u),))[1])
-    return (jnp.stack([jnp.vdot(a, b) for a, b in zip(v, hv)]),
-            sum(jnp.vdot(a, b) for a, b in zip(u, hu)))
+    terms = [jnp.stack([jnp.vdot(a, b) for a, b in zip(*quadratic(u))]) for u in (
+        v, [r * vi for r, vi in zip(rms, v)], [jnp.abs(leaf) * vi for leaf, vi in zip(leaves, v)])]
+    return terms[0], jnp.sum(terms[1]), jnp.sum(terms[2])
 
-  by_tensor, elementwise = jax.lax.map(probe, jax.random.split(key, num_probes))
-  return {"by_tensor": by_tensor, "elementwise": elementwise}
+  by_tensor, layer, elementwise = jax.lax.map(probe, jax.random.split(key, num_probes))
+  return {"by_tensor": by_tensor, "layer": layer, "elementwise": elementwise}
 
 
 def mean_stderr(values: np.ndarray) -> tuple[float, float]:
@@ -570,7 +575,7 @@ def inner_step(name: str, config_items: tuple[tuple[str, Any], ...]) -> Callable
   def step(walker: Any, state: Any, batch: Any) -> tuple[Any, Any, jax.Array]:
     grads = jax.grad(loss_fn)(walker, batch)
     updates, state = tx.update(grads, state, walker)
-    return optax.apply_updates(walker, updates), state, optax.global_norm(grads)
+    return optax.apply_updates(walker, updates), state, optax.tree.norm(grads)
 
   return jax.jit(step)
 
@@ -594,10 +599,10 @@ def coupling(name: str, seed: int, params: Any, opt_state: Any, done: int, confi
   for i in range(spec.per_call - 1):
     walker, state, grad_norm = step(walker, state, {"x": jnp.asarray(x[index[i]]),
                                                     "y": jnp.asarray(y[index[i]])})
-    distance = float(optax.global_norm(jax.tree.map(jnp.subtract, walker, params)))
+    distance = float(optax.tree.norm(jax.tree.map(jnp.subtract, walker, params)))
     distances.append(distance)
     ratios.append(gamma * distance / float(grad_norm))
-  norm = float(optax.global_norm(params))
+  norm = float(optax.tree.norm(params))
   return {"walker_distance": float(np.mean(distances)) if distances else 0.0,
           "walker_distance_relative": float(np.mean(distances)) / norm if distances else 0.0,
           "coupling_ratio": float(np.mean(ratios)) if ratios else 0.0, "coupling_gamma": gamma}
@@ -640,8 +645,7 @@ def measure(params: Any, seed: int, config: dict[str, Any], data: dict[str, Any]
   norms = [float(jnp.linalg.norm(leaf)) for leaf in leaves]
   out["weight_norms"] = dict(zip(names, norms))
   out["trace_by_tensor"] = dict(zip(names, by_tensor.mean(axis=0).tolist()))
-  weights = np.asarray([n**2 / leaf.size for n, leaf in zip(norms, leaves)])
-  out["trace_layer_normalised"], out["trace_layer_normalised_stderr"] = mean_stderr(by_tensor @ weights)
+  out["trace_layer_normalised"], out["trace_layer_normalised_stderr"] = mean_stderr(scaled["layer"])
   out["trace_elementwise"], out["trace_elementwise_stderr"] = mean_stderr(scaled["elementwise"])
   if "entropy" in fns:
     entropy = timed("entropy", "entropy", hessian, keys["entropy"])
