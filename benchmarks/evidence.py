@@ -348,7 +348,7 @@ def describe_config(config: dict[str, Any]) -> str:
 
 
 FLATNESS_LABELS = {"sgd": "SGD-Nesterov", "sgd_wd": "SGD-Nesterov, weight decay 5e-4",
-                   "lua": "Entropy-SGD (Lua)", "lua_g03": "Entropy-SGD (Lua, gamma0 0.03)",
+                   "lua": "Entropy-SGD (Lua)", "lua_g1": "Entropy-SGD (Lua, gamma0 1)",
                    "bocconi": "Entropy-SGD (Bocconi)"}
 
 

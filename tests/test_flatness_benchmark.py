@@ -90,11 +90,11 @@ def test_flatness_quick_reaches_equal_loss_and_resumes(tmp_path, capsys):
     assert len(run_["slq_nodes"]) == config["slq_runs"]
     assert ("coupling_ratio" in run_) == (run_["gamma_end"] is not None), key
   assert kept and max(kept) - min(kept) <= tolerance * target  # equal across the counted ones
-  # Lua's walker at the recipe's scope is practically free; at gamma0 0.03 it is pulled back.
+  # Lua's walker at the recipe's scope is practically free; at gamma0 1 it is pulled back.
   for seed in (0, 1):
-    lua, lua_g03 = saved["runs"][f"lua/{seed}"], saved["runs"][f"lua_g03/{seed}"]
-    assert lua_g03["gamma_end"] > 100 * lua["gamma_end"]
-    assert lua_g03["coupling_ratio"] > 10 * lua["coupling_ratio"] > 0
+    lua, lua_g1 = saved["runs"][f"lua/{seed}"], saved["runs"][f"lua_g1/{seed}"]
+    assert lua_g1["gamma_end"] > 1000 * lua["gamma_end"]
+    assert lua_g1["coupling_ratio"] > 100 * lua["coupling_ratio"] > 0
 
   assert "## Missing" not in markdown and "## Protocol: equal training loss" in markdown
   assert f"**{target:g}**" in markdown and "(lscpu)" in markdown and saved["machine"]["jax"] in markdown
@@ -176,8 +176,8 @@ def test_sgd_wd_decays_the_weights_and_sgd_does_not():
   assert not np.any(plain.update(zero, plain.init(params), params)[0]["w"])
   step = decayed.update(zero, decayed.init(params), params)[0]["w"]
   np.testing.assert_allclose(step, -0.1 * 1.9 * flatness.WEIGHT_DECAY * np.ones(3), rtol=1e-6)
-  assert flatness.BASELINES == {"lua": "sgd", "lua_g03": "sgd", "bocconi": "sgd_wd"}
-  assert specs["lua_g03"].gamma(0) == pytest.approx(0.03) and specs["lua"].gamma(0) == pytest.approx(1e-4)
+  assert flatness.BASELINES == {"lua": "sgd", "lua_g1": "sgd", "bocconi": "sgd_wd"}
+  assert specs["lua_g1"].gamma(0) == pytest.approx(1.0) and specs["lua"].gamma(0) == pytest.approx(1e-4)
 
 
 def test_flatness_cli(capsys):
