@@ -435,6 +435,31 @@ def findings(db: dict[str, Any], preset: Preset) -> list[str]:
   return lines
 
 
+def headline(db: dict[str, Any], preset: Preset) -> str:
+  """The map in one sentence, from its verdicts: the README's expectation line.
+
+  A regime counts as a win against a baseline when either recipe beats it on
+  the final or the best-on-validation test error.
+  """
+  complete = [n for n in ORDER if not any(
+      v["verdict"] == "missing" for v in regime_summary(db, n, preset)["verdicts"])]
+  if not complete:
+    return "No regime is complete yet: no verdict."
+
+  def where(verdict: str, baselines: Sequence[str]) -> str:
+    names = [n for n in complete if any(
+        v["verdict"] == verdict and v["baseline"] in baselines
+        for v in regime_summary(db, n, preset)["verdicts"])]
+    return ", ".join(names) if names else "none"
+
+  strong = where("win", ("sgd", "adam"))
+  return (f"{len(complete)} of {len(ORDER)} regimes complete ({', '.join(complete)}). "
+          f"Entropy-SGD beat SGD-Nesterov or Adam in: {strong}"
+          f"{' (no such regime found so far)' if strong == 'none' else ''}; it beat SAM in: "
+          f"{where('win', ('sam',))}; it lost to a baseline in: "
+          f"{where('loss', ('sgd', 'adam', 'sam'))}.")
+
+
 def write_report(out: pathlib.Path, db: dict[str, Any], preset: Preset, command: str) -> str:
   """Rebuilds ``regimes.md`` and ``findings.md`` from ``regimes.json`` alone.
 
