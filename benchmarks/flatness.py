@@ -55,7 +55,7 @@ after each end point (``--report-only`` regenerates them without training).
 Run ``python benchmarks/flatness.py --help`` for the options. The rerun of
 the whole study (5 optimizers x 3 seeds, into a fresh folder; resumable)::
 
-    nohup python benchmarks/flatness.py --out benchmarks/results/rerun/flatness > flatness.log 2>&1 &
+  nohup python benchmarks/flatness.py --out benchmarks/results/rerun/flatness > flatness.log 2>&1 &
 """
 
 from __future__ import annotations
@@ -353,7 +353,8 @@ def optimizer_specs(config: dict[str, Any]) -> dict[str, Optimizer]:
         f"`recipes.lua(steps_per_epoch={per_pass}, task=\"mnistfc\""
         + ("" if name == "lua" else f", gamma=entropy_optax.scoping({gamma0:g}, 1e-3)") + ")`: "
         f"L = {k_lua}, Langevin steps 0.1 with Nesterov 0.9, noise 1e-4, gamma {gamma0:g} "
-        "(1 + 1e-3)^t" + ("" if name == "lua" else " (coupled: see the coupling row)") + ", no outer "
+        "(1 + 1e-3)^t" + ("" if name == "lua" else " (coupled: see the coupling row)")
+        + ", no outer "
         "momentum, outer learning rate 1 for its first 2 epochs of L passes "
         f"({2 * k_lua} effective epochs), 0.1 after")
 
@@ -525,7 +526,8 @@ def tensor_names(params: list[dict[str, Any]]) -> list[str]:
           for i, layer in enumerate(params) for kind in sorted(layer)]
 
 
-def scaled_traces(params: Any, batches: Any, key: jax.Array, num_probes: int) -> dict[str, jax.Array]:
+def scaled_traces(params: Any, batches: Any, key: jax.Array,
+                  num_probes: int) -> dict[str, jax.Array]:
   r"""Per Rademacher probe v: each tensor's Hutchinson term, and the two normalised traces'.
 
   :math:`v_g^\top (H v)_g` estimates :math:`\operatorname{tr} H_g`, the trace of tensor g's
@@ -553,9 +555,11 @@ def scaled_traces(params: Any, batches: Any, key: jax.Array, num_probes: int) ->
 
   def probe(k: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     v = [jax.random.rademacher(kk, leaf.shape, leaf.dtype)
-         for kk, leaf in zip(jax.random.split(k, len(leaves)), leaves)]
-    terms = [jnp.stack([jnp.vdot(a, b) for a, b in zip(*quadratic(u))]) for u in (
-        v, [r * vi for r, vi in zip(rms, v)], [jnp.abs(leaf) * vi for leaf, vi in zip(leaves, v)])]
+         for kk, leaf in zip(jax.random.split(k, len(leaves)), leaves, strict=True)]
+    layer = [r * vi for r, vi in zip(rms, v, strict=True)]
+    element = [jnp.abs(leaf) * vi for leaf, vi in zip(leaves, v, strict=True)]
+    terms = [jnp.stack([jnp.vdot(a, b) for a, b in zip(*quadratic(u), strict=True)])
+             for u in (v, layer, element)]
     return terms[0], jnp.sum(terms[1]), jnp.sum(terms[2])
 
   by_tensor, layer, elementwise = jax.lax.map(probe, jax.random.split(key, num_probes))
@@ -645,8 +649,8 @@ def measure(params: Any, seed: int, config: dict[str, Any], data: dict[str, Any]
   leaves = jax.tree.leaves(params)
   by_tensor = np.asarray(scaled["by_tensor"], np.float64)  # (probes, tensors)
   norms = [float(jnp.linalg.norm(leaf)) for leaf in leaves]
-  out["weight_norms"] = dict(zip(names, norms))
-  out["trace_by_tensor"] = dict(zip(names, by_tensor.mean(axis=0).tolist()))
+  out["weight_norms"] = dict(zip(names, norms, strict=True))
+  out["trace_by_tensor"] = dict(zip(names, by_tensor.mean(axis=0).tolist(), strict=True))
   out["trace_layer_normalised"], out["trace_layer_normalised_stderr"] = mean_stderr(scaled["layer"])
   out["trace_elementwise"], out["trace_elementwise_stderr"] = mean_stderr(scaled["elementwise"])
   if "entropy" in fns:
@@ -694,7 +698,8 @@ def runs_of(report: dict[str, Any], name: str) -> list[dict[str, Any]]:
 
 
 def tolerance_of(report: dict[str, Any]) -> float:
-  return report.get("tolerance", TOLERANCE["quick" if report.get("config", {}).get("quick") else "full"])
+  preset = "quick" if report.get("config", {}).get("quick") else "full"
+  return report.get("tolerance", TOLERANCE[preset])
 
 
 def counted(report: dict[str, Any], name: str) -> list[dict[str, Any]]:
@@ -778,7 +783,8 @@ def plot(report: dict[str, Any], path: pathlib.Path) -> None:
 
   config = report["config"]
   sigmas = np.asarray(config["sigmas"])
-  colors = dict(zip(OPTIMIZERS, ["tab:blue", "tab:cyan", "tab:red", "tab:orange", "tab:green"]))
+  colors = dict(zip(OPTIMIZERS, ["tab:blue", "tab:cyan", "tab:red", "tab:orange", "tab:green"],
+                    strict=True))
   fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
   (curves, spectrum), (energy_error, energy_loss) = axes
   for name, label in OPTIMIZERS.items():
@@ -959,7 +965,8 @@ def markdown(report: dict[str, Any]) -> str:
       return cell([r[key] for r in rs], ".4g") + f" (s.e. {rms_stderr:.2g})"
     return fn
 
-  tensors = next((list(r["weight_norms"]) for r in report["runs"].values() if "weight_norms" in r), [])
+  tensors = next((list(r["weight_norms"]) for r in report["runs"].values()
+                  if "weight_norms" in r), [])
   lines.append("| end points (seeds) | " + " | ".join(done_cell(n) for n in OPTIMIZERS) + " |")
   lines += [
       "| target reached | " + " | ".join(
@@ -978,10 +985,13 @@ def markdown(report: dict[str, Any]) -> str:
             for i in range(config["top_k"])]
   lines += [
       row("Hessian trace (Hutchinson; rms s.e. of the seeds)", trace_cell("trace")),
-      row("Hessian trace, layer-normalised Σ_g ‖θ_g‖² tr(H_g) / n_g", trace_cell("trace_layer_normalised")),
-      row("Hessian trace, element-wise normalised tr(\\|θ\\| H \\|θ\\|)", trace_cell("trace_elementwise")),
+      row("Hessian trace, layer-normalised Σ_g ‖θ_g‖² tr(H_g) / n_g",
+          trace_cell("trace_layer_normalised")),
+      row("Hessian trace, element-wise normalised tr(\\|θ\\| H \\|θ\\|)",
+          trace_cell("trace_elementwise")),
   ]
-  lines += [row(f"weight norm ‖{t}‖", stat(lambda r, t=t: r["weight_norms"][t], ".4g", key="weight_norms"))
+  lines += [row(f"weight norm ‖{t}‖",
+                stat(lambda r, t=t: r["weight_norms"][t], ".4g", key="weight_norms"))
             for t in tensors]
   lines += [row(f"Hessian trace of {t}'s block", stat(lambda r, t=t: r["trace_by_tensor"][t], ".4g",
                                                      key="trace_by_tensor"))

@@ -38,8 +38,8 @@ def test_flatness_quick_reaches_equal_loss_and_resumes(tmp_path, capsys):
   run("--optimizers", "sgd", "lua")
   markdown = (results / "flatness.md").read_text()
   assert "## Missing" in markdown
-  complete = (f"python benchmarks/flatness.py --quick --train-size 1280 --loss-size 1280 --out {out} "
-              f"--data-dir {data_dir} --optimizers bocconi")
+  complete = (f"python benchmarks/flatness.py --quick --train-size 1280 --loss-size 1280 "
+              f"--out {out} --data-dir {data_dir} --optimizers bocconi")
   assert f"0 of 2; complete with `{complete}`" in markdown
   first = json.loads((results / "flatness.json").read_text())
   assert set(first["runs"]) == {"sgd/0", "sgd/1", "lua/0", "lua/1"}
@@ -98,8 +98,8 @@ def test_flatness_quick_reaches_equal_loss_and_resumes(tmp_path, capsys):
 
   assert "## Missing" not in markdown and "## Protocol: equal training loss" in markdown
   assert f"**{target:g}**" in markdown and "(lscpu)" in markdown and saved["machine"]["jax"] in markdown
-  assert (f"`python benchmarks/flatness.py --quick --train-size 1280 --loss-size 1280 --out {out} "
-          f"--data-dir {data_dir}`") in markdown
+  assert (f"`python benchmarks/flatness.py --quick --train-size 1280 --loss-size 1280 "
+          f"--out {out} --data-dir {data_dir}`") in markdown
   for label in flatness.OPTIMIZERS.values():
     assert label in markdown
   assert "| end points (seeds) | 2 of 2" in markdown
@@ -139,7 +139,8 @@ def test_sgd_stops_at_the_first_minibatch_at_or_below_the_target(tmp_path):
     losses.append(float(flatness.dataset_mean(flatness.loss_fn, p, data["loss_batches"])))
   assert min(losses[:-1]) > config["target_loss"] >= run["loss"]
   assert losses[-1] == pytest.approx(run["loss"], rel=1e-4)
-  np.testing.assert_allclose(jax.tree.leaves(p)[0], jax.tree.leaves(params)[0], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(jax.tree.leaves(p)[0], jax.tree.leaves(params)[0],
+                             rtol=1e-5, atol=1e-6)
 
 
 def test_the_scale_aware_traces_ignore_a_rescaling_that_leaves_the_function_unchanged():
@@ -177,7 +178,8 @@ def test_sgd_wd_decays_the_weights_and_sgd_does_not():
   step = decayed.update(zero, decayed.init(params), params)[0]["w"]
   np.testing.assert_allclose(step, -0.1 * 1.9 * flatness.WEIGHT_DECAY * np.ones(3), rtol=1e-6)
   assert flatness.BASELINES == {"lua": "sgd", "lua_g1": "sgd", "bocconi": "sgd_wd"}
-  assert specs["lua_g1"].gamma(0) == pytest.approx(1.0) and specs["lua"].gamma(0) == pytest.approx(1e-4)
+  assert specs["lua_g1"].gamma(0) == pytest.approx(1.0)
+  assert specs["lua"].gamma(0) == pytest.approx(1e-4)
 
 
 def test_flatness_cli(capsys):
