@@ -502,7 +502,7 @@ def measurement_fns(config_items: tuple[tuple[str, Any], ...]) -> dict[str, Call
   """The diagnostics, jitted once (keys are arguments) and shared by every end point."""
   c = dict(config_items)
   sigmas = jnp.asarray(c["sigmas"])
-  fns = {
+  fns: dict[str, Callable[..., Any]] = {
       "density": lambda p, b, key: diagnostics.hessian_spectral_density(
           loss_fn, p, b, key, num_runs=c["slq_runs"], num_steps=c["slq_steps"], num_points=8),
       "trace": lambda p, b, key: diagnostics.hessian_trace(
@@ -550,7 +550,7 @@ def scaled_traces(params: Any, batches: Any, key: jax.Array,
   rms = [jnp.sqrt(jnp.mean(leaf**2)) for leaf in leaves]
 
   def quadratic(u: list[jax.Array]) -> tuple[list[jax.Array], list[jax.Array]]:
-    hu = jax.tree.leaves(jax.jvp(grad, (params,), (treedef.unflatten(u),))[1])
+    hu = jax.tree.leaves(jax.jvp(grad, (params,), (jax.tree.unflatten(treedef, u),))[1])
     return u, hu
 
   def probe(k: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -597,6 +597,7 @@ def coupling(name: str, seed: int, params: Any, opt_state: Any, done: int, confi
   Near 0, the walker runs as SGD restarted at the anchor every outer step.
   """
   spec = optimizer_specs(config)[name]
+  assert spec.gamma is not None, f"{name} is not Entropy-SGD"
   step = inner_step(name, freeze(config))
   x, y = data["x_train"], data["y_train"]
   index = minibatch_indices(seed, len(x), config["batch_size"], done, spec.per_call)
@@ -720,12 +721,14 @@ def measures(config: dict[str, Any]) -> list[tuple[str, str, Callable[[dict[str,
       ("test error %", "test_error", lambda r: 100 * r["test_error"]),
       ("test loss", "test_loss", lambda r: r["test_loss"]),
   ]
-  for i, sigma in enumerate(config.get("sigmas", [])):
-    out.append((f"train error % under weight noise, sigma = {sigma:g}", "energy_error",
-                lambda r, i=i: 100 * r["energy_error"][i]))
-  for i, sigma in enumerate(config.get("sigmas", [])):
-    out.append((f"train loss under weight noise, sigma = {sigma:g}", "energy_loss",
-                lambda r, i=i: r["energy_loss"][i]))
+  def at(key: str, i: int, scale: float) -> Callable[[dict[str, Any]], float]:
+    return lambda r: scale * r[key][i]
+
+  sigmas = config.get("sigmas", [])
+  out += [(f"train error % under weight noise, sigma = {sigma:g}", "energy_error",
+           at("energy_error", i, 100)) for i, sigma in enumerate(sigmas)]
+  out += [(f"train loss under weight noise, sigma = {sigma:g}", "energy_loss",
+           at("energy_loss", i, 1)) for i, sigma in enumerate(sigmas)]
   return out
 
 
