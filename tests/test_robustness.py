@@ -33,9 +33,25 @@ def test_traced_hyperparameters_and_schedules_are_accepted_unchecked_and_used_as
   assert np.all(np.isfinite(np.asarray(scheduled)))
 
 
-def test_traced_inner_steps_explains_static_args():
+def test_a_traced_inner_steps_counts_langevin_steps_at_run_time():
+  """What optax.inject_hyperparams does with the numeric inner_steps."""
+  params = {"w": jnp.ones(3)}
+
+  @jax.jit
+  def outer_steps_after_two_calls(n):
+    tx = entropy_optax.entropy_sgd(0.1, inner_steps=n)
+    p, state = params, tx.init(params)
+    for _ in range(2):
+      updates, state = tx.update(p, state, p)
+      p = optax.apply_updates(p, updates)
+    return state.count
+
+  assert [int(outer_steps_after_two_calls(n)) for n in (1, 2, 3)] == [2, 1, 0]
+
+
+def test_a_traced_non_integer_inner_steps_explains_static_args():
   with pytest.raises(TypeError, match="static_args"):
-    jax.jit(lambda n: entropy_optax.entropy_sgd(0.1, inner_steps=n))(3)
+    jax.jit(lambda n: entropy_optax.entropy_sgd(0.1, inner_steps=n).init(jnp.ones(2)))(3.0)
 
 
 def test_outer_must_be_an_optax_transform():

@@ -16,40 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from entropy_optax._src import parle as parle_lib
 from entropy_optax._src import state as state_lib
 from entropy_optax._src import validation
 
 # evaluate(params, model_state, batch) -> ((loss, aux), grads, model_state)
 Evaluate = Callable[[Any, Any, Any], tuple[tuple[Any, Any], Any, Any]]
-
-
-def steps_of(batches: Any) -> int:
-  """The length of the leading (minibatch) axis of stacked minibatches.
-
-  Raises:
-    ValueError: if ``batches`` has no array leaves, a 0-d leaf, or leaves
-      whose leading axes differ; the message names the leaves.
-  """
-  leaves = jax.tree_util.tree_leaves_with_path(batches)
-  if not leaves:
-    raise ValueError("batches holds no arrays: pass minibatches stacked along a leading axis.")
-  lengths: dict[int, str] = {}
-  for path, leaf in leaves:
-    shape = np.shape(leaf)
-    if not shape:
-      raise ValueError(
-          f"batches{jax.tree_util.keystr(path)} is a scalar; every leaf of batches "
-          "needs a leading minibatch axis."
-      )
-    lengths.setdefault(shape[0], jax.tree_util.keystr(path))
-  if len(lengths) > 1:
-    listed = ", ".join(f"batches{p} has {n}" for n, p in lengths.items())
-    raise ValueError(
-        "the leaves of batches disagree on the number of minibatches (their "
-        f"leading axis): {listed}."
-    )
-  return next(iter(lengths))
 
 
 @contextlib.contextmanager
@@ -121,57 +92,6 @@ def metrics_of(carry: Any, steps: int, has_aux: bool) -> dict[str, Any]:
   return metrics
 
 
-# Wrappers whose state holds the Entropy-SGD state and that fused mode cannot
-# run under, each with why; make_train_step and the Flax helpers are handed
-# the whole state, so they see them.
-_AROUND = (
-    (optax.MultiStepsState, "optax.MultiSteps",
-     "it would run the outer step on every call and keep only every k-th, "
-     "throwing the other calls' minibatches away. For more data per outer step "
-     "raise inner_steps or the minibatch size; MultiSteps accumulates "
-     "step-interleaved updates (tx.update without grad_fn)"),
-    (optax.LookaheadState, "optax.lookahead",
-     "it passes no grad_fn or batches to the transform it wraps, and moves the "
-     "params away from the anchor. Train Entropy-SGD without it"),
-    (optax.contrib.ScheduleFreeState, "optax.contrib.schedule_free",
-     "it hands the transform its interpolated params, not the anchor. Train "
-     "Entropy-SGD without it"),
-)
-
-
-def check_fused_composition(opt_state: Any, caller: str) -> None:
-  """Refuses, by name, the wrappers that fused mode cannot run under.
-
-  Raises:
-    ValueError: for :func:`entropy_optax.parle`, a state of ``optax.MultiSteps``,
-      ``optax.lookahead`` or ``optax.contrib.schedule_free`` around the
-      Entropy-SGD state, or any ``optax.contrib.reduce_on_plateau`` state.
-  """
-  if state_lib.find_all(opt_state, lambda node: isinstance(node, parle_lib.ParleState)):
-    raise ValueError(
-        f"{caller} does not run parle: its grad_fn sees one replica at a time and "
-        "its batches hold each replica's minibatches. Call tx.update(grads, state, "
-        "params, grad_fn=jax.grad(loss), batches=...) with batches of shape "
-        "(n_replicas, inner_steps - 1, ...), as parle's example does."
-    )
-  for state_type, name, why in _AROUND:
-    around = state_lib.find_all(
-        opt_state,
-        lambda node, t=state_type: isinstance(node, t) and state_lib.holds_entropy_state(node),
-    )
-    if around:
-      raise ValueError(f"{caller} runs fused outer steps, which {name} cannot wrap: {why}.")
-  if state_lib.find_all(opt_state, lambda node: isinstance(
-      node, optax.contrib.ReduceLROnPlateauState)):
-    raise ValueError(
-        f"{caller} cannot run optax.contrib.reduce_on_plateau: it needs value= "
-        "at every update, which the step does not pass. Call tx.update yourself, "
-        "with reduce_on_plateau in the outer transform: "
-        "local_entropy(optax.chain(optax.sgd(1.0), reduce_on_plateau(...))), never "
-        "chained after Entropy-SGD."
-    )
-
-
 class FusedStepOutput(NamedTuple):
   params: Any
   """The new anchor."""
@@ -220,8 +140,8 @@ def fused_outer_step(
     shown_batches: the batches as the caller's user passed them, for that
       message (default ``batches``).
   """
-  check_fused_composition(opt_state, caller)
-  steps = steps_of(batches)
+  validation.check_fused_composition(opt_state, caller)
+  steps = validation.check_minibatch_axis(batches)
   pick = minibatch_picker(batches)
   acc = accumulator(evaluate, has_aux)
   grads, carry = acc.first(params, model_state, pick(0))

@@ -48,26 +48,6 @@ def scan_or_unroll(
   return carry
 
 
-def check_grad_fn_output(grads: Any, params: Any) -> None:
-  """Checks what ``grad_fn`` returned, naming ``jax.value_and_grad`` if that is it."""
-  params_structure = jax.tree.structure(params)
-  if (
-      jax.tree.structure(grads) != params_structure  # type: ignore[operator]
-      and isinstance(grads, tuple)
-      and len(grads) == 2
-      and jax.tree.structure(grads[1]) == params_structure  # type: ignore[operator]
-      and not jax.tree.leaves(grads[0])[1:]
-  ):
-    raise TypeError(
-        "grad_fn returned a pair (value, grads), as jax.value_and_grad does; "
-        "grad_fn must return the grads only: pass jax.grad(loss). To get the "
-        "loss out of the inner loop, pass carry= and have grad_fn return "
-        "(grads, carry) with the loss summed into the carry (make_train_step "
-        "does this for you)."
-    )
-  validation.check_like_params("grads returned by grad_fn", grads, params)
-
-
 def call_grad_fn(grad_fn: Callable[..., Any], walker: Any, batch: Any, carry: Any,
                  threads_carry: bool) -> tuple[Any, Any]:
   """``grad_fn`` under the fused-mode contract: ``(grads, carry)`` either way."""
@@ -75,13 +55,9 @@ def call_grad_fn(grad_fn: Callable[..., Any], walker: Any, batch: Any, carry: An
     grads = grad_fn(walker, batch)
   else:
     out = grad_fn(walker, batch, carry)
-    if not (isinstance(out, tuple) and len(out) == 2):
-      raise TypeError(
-          "with carry=, grad_fn(params, batch, carry) must return the pair "
-          f"(grads, carry); it returned a {type(out).__name__}."
-      )
+    validation.check_grad_fn_pair(out)
     grads, carry = out
-  check_grad_fn_output(grads, walker)
+  validation.check_grad_fn_output(grads, walker)
   return grads, carry
 
 

@@ -6,7 +6,7 @@ replica axis of every leaf; its outer transform is SGD on
 replica axis, once per outer step.
 """
 
-from typing import Any, Callable, NamedTuple, Optional, TypeAlias, Union
+from typing import Any, Callable, Optional, TypeAlias, Union
 
 import jax
 import jax.numpy as jnp
@@ -19,28 +19,13 @@ from entropy_optax._src import transform
 from entropy_optax._src import tree_utils
 from entropy_optax._src import updates as updates_lib
 from entropy_optax._src import validation
+from entropy_optax._src.state import ParleState
 
 ScalarOrSchedule: TypeAlias = optax.ScalarOrSchedule
 
 # The keyword under which parle hands (rho_t, x_ref) to each replica's outer
 # transform, through local_entropy's extra arguments.
 _COUPLING_ARG = "parle_coupling"
-
-
-class ParleState(NamedTuple):
-  """State of :func:`parle`."""
-
-  count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as optax states do
-  """Outer steps taken, i.e. reference updates (int32); rho is evaluated at it."""
-  inner_count: jax.Array
-  """Step-interleaved calls taken in the current outer step, in
-  [0, inner_steps)."""
-  reference: optax.Params
-  """The reference x_ref: the weights to evaluate, shaped like one replica."""
-  replicas: state_lib.EntropySGDState
-  """The replicas' Entropy-SGD states, every leaf with a leading replica axis.
-  The replicas keep in step: when one abandons an outer step (a non-finite
-  value), all do, and each one's ``skipped`` counts it."""
 
 
 def _elastic_coupling() -> optax.GradientTransformationExtraArgs:
@@ -216,9 +201,7 @@ def parle(
   if momentum is not None:
     validation.check_unit_interval("momentum", momentum)
   outer_nesterov = validation.check_bool("outer_nesterov", outer_nesterov)
-  validation.check_positive("reference_lr", reference_lr)
-  if validation.concrete_value(reference_lr) is not None and reference_lr > 1:
-    raise ValueError(f"reference_lr must lie in (0, 1], got {reference_lr}.")
+  validation.check_fraction("reference_lr", reference_lr)
 
   replica_tx = transform.local_entropy(
       optax.chain(
@@ -332,22 +315,17 @@ def _in_step(before, after, updates, params, anchor, carry, fused):
   """Keeps the replicas in step: if one abandoned its outer step, all do.
 
   Each replica restarts the outer step from its anchor, as the one that met
-  the non-finite value did, and counts it in ``skipped``.
+  the non-finite value did, and counts it in ``skipped``
+  (:func:`~entropy_optax._src.updates.settle`).
 
   Returns:
     ``(updates, replicas, abandoned)``.
   """
   abandoned = jnp.any(after.skipped != before.skipped)
-  restarted = updates_lib.abandon(before, anchor, carry)
-  # Fused mode's momentum is zero either way: keep the loop's buffer.
-  if fused:
-    restarted = restarted._replace(momentum=after.momentum)
-  back_to_anchor = jax.tree.map(lambda x, p: (x - p).astype(p.dtype), anchor, params)
-  return (
-      tree_utils.select(abandoned, back_to_anchor, updates),
-      tree_utils.select(abandoned, restarted, after),
-      abandoned,
+  updates, replicas = updates_lib.settle(
+      ~abandoned, before, anchor, carry, updates, after, params, fused=fused
   )
+  return updates, replicas, abandoned
 
 
 def reference_params(opt_state: optax.OptState) -> optax.Params:

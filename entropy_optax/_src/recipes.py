@@ -52,8 +52,7 @@ def lua(steps_per_epoch: int, *, task: str = "mnistfc",
     0
   """
   steps_per_epoch = validation.check_positive_int("steps_per_epoch", steps_per_epoch)
-  if task not in _LUA_TASKS:
-    raise ValueError(f"task must be one of {_LUA_TASKS}, got {task!r}.")
+  validation.check_choice("task", task, _LUA_TASKS)
   if task == "allcnn":
     learning_rate = optax.exponential_decay(
         1.0, transition_steps=4 * steps_per_epoch, decay_rate=0.2, staircase=True)

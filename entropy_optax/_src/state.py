@@ -1,4 +1,4 @@
-"""The Entropy-SGD state, and reading it out of any optax state that wraps it."""
+"""The Entropy-SGD and Parle states, and reading them out of any optax state that wraps them."""
 
 from __future__ import annotations
 
@@ -38,6 +38,22 @@ class EntropySGDState(NamedTuple):
   carry: Any
   """The last fused call's ``grad_fn`` carry (BatchNorm statistics, say);
   None until a fused call passes ``carry``."""
+
+
+class ParleState(NamedTuple):
+  """State of :func:`~entropy_optax.parle`."""
+
+  count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as optax states do
+  """Outer steps taken, i.e. reference updates (int32); rho is evaluated at it."""
+  inner_count: jax.Array
+  """Step-interleaved calls taken in the current outer step, in
+  [0, inner_steps)."""
+  reference: optax.Params
+  """The reference x_ref: the weights to evaluate, shaped like one replica."""
+  replicas: EntropySGDState
+  """The replicas' Entropy-SGD states, every leaf with a leading replica axis.
+  The replicas keep in step: when one abandons an outer step (a non-finite
+  value), all do, and each one's ``skipped`` counts it."""
 
 
 def is_entropy_state(node: Any) -> bool:

@@ -87,7 +87,7 @@ def make_train_step(
   evaluate = _evaluate_fn(loss_fn, has_aux, has_state)
 
   def step(params, opt_state, batches, model_state=None, key=None):
-    steps = fused_step.steps_of(batches)
+    steps = validation.check_minibatch_axis(batches)
     keys = None if key is None else jax.random.split(key, steps)
     if state_lib.holds_entropy_state(opt_state):
       out = fused_step.fused_outer_step(
@@ -147,5 +147,5 @@ def _plain_steps(tx, evaluate, params, opt_state, batches, model_state, has_aux,
 
   grads, carry = acc.first(params, model_state, pick(0))
   loop = (*apply(params, opt_state, grads), carry)
-  indices = jnp.arange(1, fused_step.steps_of(batches), dtype=jnp.int32)
+  indices = jnp.arange(1, validation.check_minibatch_axis(batches), dtype=jnp.int32)
   return inner_loop.scan_or_unroll(body, loop, indices, unroll)

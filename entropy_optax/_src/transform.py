@@ -228,16 +228,9 @@ def _check_config(outer, inner, inner_steps, gamma, langevin_lr, noise, mu_decay
                   inner_momentum, nesterov, weight_decay, scale_by_gamma,
                   noise_generator, unroll) -> updates_lib.EntropyConfig:
   """Checks ``local_entropy``'s arguments, naming the bad one."""
-  if not isinstance(outer, optax.GradientTransformation):
-    raise TypeError(
-        "outer must be an optax.GradientTransformation such as optax.sgd(1.0), "
-        f"got {type(outer).__name__}."
-    )
-  if inner is not None and not isinstance(inner, optax.GradientTransformation):
-    raise TypeError(
-        "inner must be None or an optax.GradientTransformation, got "
-        f"{type(inner).__name__}."
-    )
+  validation.check_transform("outer", outer, "optax.sgd(1.0)")
+  if inner is not None:
+    validation.check_transform("inner", inner, "optax.clip_by_global_norm(1.0), or None")
   validation.check_non_negative("gamma", gamma)
   validation.check_positive("langevin_lr", langevin_lr)
   validation.check_non_negative("noise", noise)
@@ -245,11 +238,7 @@ def _check_config(outer, inner, inner_steps, gamma, langevin_lr, noise, mu_decay
   if inner_momentum is not None:
     validation.check_unit_interval("inner_momentum", inner_momentum)
   validation.check_non_negative("weight_decay", weight_decay)
-  if noise_generator not in noise_lib.NOISE_GENERATORS:
-    raise ValueError(
-        f"noise_generator must be one of {noise_lib.NOISE_GENERATORS}, got "
-        f"{noise_generator!r}."
-    )
+  validation.check_choice("noise_generator", noise_generator, noise_lib.NOISE_GENERATORS)
   return updates_lib.EntropyConfig(
       outer=optax.with_extra_args_support(outer),
       inner=optax.with_extra_args_support(inner or optax.identity()),

@@ -6,7 +6,8 @@
   (:func:`entropy_optax._src.inner_loop.run_inner_loop`).
 * :func:`outer_step`: the anchor's update from D = x - mu.
 * :func:`abandon`: the state after an outer step abandoned on a non-finite
-  value.
+  value, and :func:`settle`, the one rule that keeps a step or abandons it
+  (both modes and Parle).
 
 They take the transform's settings as an :class:`EntropyConfig`.
 """
@@ -139,6 +140,27 @@ def abandon(state: EntropySGDState, anchor: Any, carry: Any) -> EntropySGDState:
   )
 
 
+def settle(finite: jax.Array, state: EntropySGDState, anchor: Any, carry: Any,
+           updates: Any, new_state: EntropySGDState, params: Any,
+           *, fused: bool) -> tuple[Any, EntropySGDState]:
+  """Keeps a step where ``finite`` holds, abandons its outer step elsewhere.
+
+  The one finish-or-abandon rule of both modes and of Parle: an abandoned
+  step returns params to the anchor (fused mode: leaves them there, zero
+  updates) and the state to the outer step's start (:func:`abandon`), which
+  ``skipped`` counts. In fused mode the momentum of ``new_state`` is zero
+  either way (written into the loop's buffer), so it is kept.
+  """
+  restart = abandon(state, anchor, carry)
+  if fused:
+    restart = restart._replace(momentum=new_state.momentum)
+    back = optax.tree.zeros_like(updates)
+  else:
+    back = jax.tree.map(lambda x, p: (x - p).astype(p.dtype), anchor, params)
+  return (tree_utils.select(finite, updates, back),
+          tree_utils.select(finite, new_state, restart))
+
+
 def interleaved_update(config: EntropyConfig, grads: Any, state: EntropySGDState,
                        params: Any, extra: Extra) -> tuple[Any, EntropySGDState]:
   """Step-interleaved mode: one Langevin step of the walker ``params``.
@@ -182,10 +204,8 @@ def interleaved_update(config: EntropyConfig, grads: Any, state: EntropySGDState
     updates, new_state, finite = jax.lax.cond(
         state.inner_count >= config.inner_steps - 1, finish_outer_step, continue_inner_loop
     )
-  back_to_anchor = jax.tree.map(lambda x, p: (x - p).astype(p.dtype), state.anchor, params)
-  abandoned = abandon(state, state.anchor, state.carry)
-  return (tree_utils.select(finite, updates, back_to_anchor),
-          tree_utils.select(finite, new_state, abandoned))
+  return settle(finite, state, state.anchor, state.carry, updates, new_state, params,
+                fused=False)
 
 
 def fused_update(config: EntropyConfig, grads: Any, state: EntropySGDState, params: Any,
@@ -200,7 +220,7 @@ def fused_update(config: EntropyConfig, grads: Any, state: EntropySGDState, para
   ``grad_fn`` sees the walker completed by the frozen leaves of
   ``full_params``.
   """
-  inner_steps = fused_inner_steps(config.inner_steps, batches)
+  inner_steps = validation.check_fused_inner_steps(config.inner_steps, batches)
   validation.check_not_mid_loop(state.inner_count, config.inner_steps)
   validation.check_at_anchor(params, state.anchor, state.inner_count == 0)
   if tree_utils.has_masked(params):
@@ -235,11 +255,6 @@ def fused_update(config: EntropyConfig, grads: Any, state: EntropySGDState, para
   finite = (tree_utils.all_finite(d) & tree_utils.all_finite(new_anchor)
             & tree_utils.all_finite(stored_carry))
   trained = next_outer_state(state, new_anchor, outer_state, inner_state, stored_carry)
-  # The state as it came in (an outer step starts with mu at the anchor and
-  # zero momentum), rebuilt because the loop reused its buffers, but for
-  # ``skipped``.
-  abandoned = abandon(state, anchor, carry if threads_carry else state.carry)
-  new_state = tree_utils.select(finite, trained, abandoned)
   if end.momentum is not None:
     # Zeros either way (+0, whatever m holds), written as a function of the
     # loop's momentum and of ``finite`` so that XLA schedules them last, into
@@ -247,46 +262,18 @@ def fused_update(config: EntropyConfig, grads: Any, state: EntropySGDState, para
     zero_after = lambda m: jnp.where(
         finite, 0, jnp.where(jnp.isfinite(m), jnp.abs(m) * 0, 0)
     ).astype(m.dtype)
-    new_state = new_state._replace(momentum=jax.tree.map(zero_after, end.momentum))
-  return tree_utils.select(finite, updates, optax.tree.zeros_like(updates)), new_state
-
-
-def fused_inner_steps(inner_steps: Any, batches: Any) -> int:
-  """L of a fused call, static: ``inner_steps``, or, injected (traced), one
-  more than the minibatches in ``batches``, checked against it at run time."""
-  if isinstance(inner_steps, int):
-    validation.check_batches(batches, inner_steps)
-    return inner_steps
-  leaves = jax.tree.leaves(batches)
-  if not leaves or not jnp.shape(leaves[0]):
-    raise ValueError("batches must hold the remaining inner_steps - 1 minibatches "
-                     "along the leading axis of every leaf.")
-  steps = jnp.shape(leaves[0])[0] + 1
-  validation.check_batches(batches, steps)
-  validation.refuse_unless(
-      inner_steps == steps,
-      lambda injected: (
-          f"batches hold {steps - 1} minibatches, but the injected inner_steps is "
-          f"{int(injected)}: pass inner_steps - 1 = {int(injected) - 1}."
-      ),
-      inner_steps,
-  )
-  return steps
+    trained = trained._replace(momentum=jax.tree.map(zero_after, end.momentum))
+  # Abandoned: the state as it came in (mu at the anchor, zero momentum),
+  # rebuilt because the loop reused its buffers, but for ``skipped``.
+  return settle(finite, state, anchor, carry if threads_carry else state.carry,
+                updates, trained, params, fused=True)
 
 
 def with_frozen_leaves(grad_fn: Callable[..., Any], full_params: Any,
                        threads_carry: bool) -> Callable[..., Any]:
   """``grad_fn`` called on the walker completed by ``full_params``' frozen
   leaves, its gradient masked back to the walker's leaves."""
-  if full_params is None or tree_utils.has_masked(full_params):
-    raise ValueError(
-        "fused mode inside optax.masked or optax.multi_transform: the transform "
-        "sees only its own leaves (the others are optax.MaskedNode), but grad_fn "
-        "needs the whole model. Pass the whole params again, "
-        "tx.update(grads, state, params, grad_fn=..., batches=..., "
-        "full_params=params), and leave mask_compatible_extra_args False "
-        "(make_train_step and entropy_optax.flax.nnx_fused_update do this)."
-    )
+  validation.check_full_params(full_params)
 
   def frozen_grad_fn(walker, batch, *carry):
     out = grad_fn(tree_utils.unmask(walker, full_params), batch, *carry)

@@ -21,6 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from entropy_optax._src import state as state_lib
+from entropy_optax._src import tree_utils
+
 
 def concrete_value(value: Any) -> float | None:
   """Returns ``value`` as a Python float, or None when it is not concrete."""
@@ -80,6 +83,27 @@ def check_unit_interval(name: str, value: Any) -> None:
   number = _check_real(name, value)
   if number is not None and not 0 <= number < 1:
     raise ValueError(f"{name} must lie in [0, 1), got {number}.")
+
+
+def check_fraction(name: str, value: Any) -> None:
+  """Checks 0 < value <= 1 (a step towards a target, 1 reaching it)."""
+  number = _check_real(name, value)
+  if number is not None and not 0 < number <= 1:
+    raise ValueError(f"{name} must lie in (0, 1], got {number}.")
+
+
+def check_transform(name: str, value: Any, example: str) -> None:
+  """``value`` must be an ``optax.GradientTransformation``."""
+  if not isinstance(value, optax.GradientTransformation):
+    raise TypeError(
+        f"{name} must be an optax.GradientTransformation such as {example}, "
+        f"got {type(value).__name__}."
+    )
+
+
+def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
+  if value not in choices:
+    raise ValueError(f"{name} must be one of {choices}, got {value!r}.")
 
 
 def check_inner_steps(inner_steps: Any, *, static: bool = False) -> Any:
@@ -211,6 +235,35 @@ def check_like_params(name: str, tree: Any, params: Any) -> None:
           f"{name}{jax.tree_util.keystr(path)} has shape {np.shape(leaf)}, but "
           f"the param there has shape {np.shape(param)}."
       )
+
+
+def check_grad_fn_output(grads: Any, params: Any) -> None:
+  """Checks what ``grad_fn`` returned, naming ``jax.value_and_grad`` if that is it."""
+  params_structure = jax.tree.structure(params)
+  if (
+      jax.tree.structure(grads) != params_structure  # type: ignore[operator]
+      and isinstance(grads, tuple)
+      and len(grads) == 2
+      and jax.tree.structure(grads[1]) == params_structure  # type: ignore[operator]
+      and not jax.tree.leaves(grads[0])[1:]
+  ):
+    raise TypeError(
+        "grad_fn returned a pair (value, grads), as jax.value_and_grad does; "
+        "grad_fn must return the grads only: pass jax.grad(loss). To get the "
+        "loss out of the inner loop, pass carry= and have grad_fn return "
+        "(grads, carry) with the loss summed into the carry (make_train_step "
+        "does this for you)."
+    )
+  check_like_params("grads returned by grad_fn", grads, params)
+
+
+def check_grad_fn_pair(out: Any) -> None:
+  """With ``carry=``, ``grad_fn`` returns the pair ``(grads, carry)``."""
+  if not (isinstance(out, tuple) and len(out) == 2):
+    raise TypeError(
+        "with carry=, grad_fn(params, batch, carry) must return the pair "
+        f"(grads, carry); it returned a {type(out).__name__}."
+    )
 
 
 def check_floating(params: Any) -> None:
@@ -365,6 +418,85 @@ def check_untransformed(grads: Any, untransformed: Any) -> None:
     )
 
 
+def check_minibatch_axis(batches: Any) -> int:
+  """The length of the leading (minibatch) axis of stacked minibatches.
+
+  Raises:
+    ValueError: if ``batches`` has no array leaves, a 0-d leaf, or leaves
+      whose leading axes differ; the message names the leaves.
+  """
+  leaves = jax.tree_util.tree_leaves_with_path(batches)
+  if not leaves:
+    raise ValueError("batches holds no arrays: pass minibatches stacked along a leading axis.")
+  lengths: dict[int, str] = {}
+  for path, leaf in leaves:
+    shape = np.shape(leaf)
+    if not shape:
+      raise ValueError(
+          f"batches{jax.tree_util.keystr(path)} is a scalar; every leaf of batches "
+          "needs a leading minibatch axis."
+      )
+    lengths.setdefault(shape[0], jax.tree_util.keystr(path))
+  if len(lengths) > 1:
+    listed = ", ".join(f"batches{p} has {n}" for n, p in lengths.items())
+    raise ValueError(
+        "the leaves of batches disagree on the number of minibatches (their "
+        f"leading axis): {listed}."
+    )
+  return next(iter(lengths))
+
+
+# Wrappers whose state holds the Entropy-SGD state and that fused mode cannot
+# run under, each with why; make_train_step and the Flax helpers are handed
+# the whole state, so they see them.
+_AROUND = (
+    (optax.MultiStepsState, "optax.MultiSteps",
+     "it would run the outer step on every call and keep only every k-th, "
+     "throwing the other calls' minibatches away. For more data per outer step "
+     "raise inner_steps or the minibatch size; MultiSteps accumulates "
+     "step-interleaved updates (tx.update without grad_fn)"),
+    (optax.LookaheadState, "optax.lookahead",
+     "it passes no grad_fn or batches to the transform it wraps, and moves the "
+     "params away from the anchor. Train Entropy-SGD without it"),
+    (optax.contrib.ScheduleFreeState, "optax.contrib.schedule_free",
+     "it hands the transform its interpolated params, not the anchor. Train "
+     "Entropy-SGD without it"),
+)
+
+
+def check_fused_composition(opt_state: Any, caller: str) -> None:
+  """Refuses, by name, the wrappers that fused mode cannot run under.
+
+  Raises:
+    ValueError: for :func:`entropy_optax.parle`, a state of ``optax.MultiSteps``,
+      ``optax.lookahead`` or ``optax.contrib.schedule_free`` around the
+      Entropy-SGD state, or any ``optax.contrib.reduce_on_plateau`` state.
+  """
+  if state_lib.find_all(opt_state, lambda node: isinstance(node, state_lib.ParleState)):
+    raise ValueError(
+        f"{caller} does not run parle: its grad_fn sees one replica at a time and "
+        "its batches hold each replica's minibatches. Call tx.update(grads, state, "
+        "params, grad_fn=jax.grad(loss), batches=...) with batches of shape "
+        "(n_replicas, inner_steps - 1, ...), as parle's example does."
+    )
+  for state_type, name, why in _AROUND:
+    around = state_lib.find_all(
+        opt_state,
+        lambda node, t=state_type: isinstance(node, t) and state_lib.holds_entropy_state(node),
+    )
+    if around:
+      raise ValueError(f"{caller} runs fused outer steps, which {name} cannot wrap: {why}.")
+  if state_lib.find_all(opt_state, lambda node: isinstance(
+      node, optax.contrib.ReduceLROnPlateauState)):
+    raise ValueError(
+        f"{caller} cannot run optax.contrib.reduce_on_plateau: it needs value= "
+        "at every update, which the step does not pass. Call tx.update yourself, "
+        "with reduce_on_plateau in the outer transform: "
+        "local_entropy(optax.chain(optax.sgd(1.0), reduce_on_plateau(...))), never "
+        "chained after Entropy-SGD."
+    )
+
+
 class BatchCountError(ValueError):
   """A fused call's ``batches`` do not hold inner_steps - 1 minibatches.
 
@@ -390,6 +522,42 @@ def check_batches(batches: Any, inner_steps: int, axis: int = 0) -> None:
           f"batches{jax.tree_util.keystr(path)} has shape {shape}.",
           inner_steps,
       )
+
+
+def check_fused_inner_steps(inner_steps: Any, batches: Any) -> int:
+  """L of a fused call, static: ``inner_steps``, or, injected (traced), one
+  more than the minibatches in ``batches``, checked against it at run time."""
+  if isinstance(inner_steps, int):
+    check_batches(batches, inner_steps)
+    return inner_steps
+  leaves = jax.tree.leaves(batches)
+  if not leaves or not jnp.shape(leaves[0]):
+    raise ValueError("batches must hold the remaining inner_steps - 1 minibatches "
+                     "along the leading axis of every leaf.")
+  steps = jnp.shape(leaves[0])[0] + 1
+  check_batches(batches, steps)
+  refuse_unless(
+      inner_steps == steps,
+      lambda injected: (
+          f"batches hold {steps - 1} minibatches, but the injected inner_steps is "
+          f"{int(injected)}: pass inner_steps - 1 = {int(injected) - 1}."
+      ),
+      inner_steps,
+  )
+  return steps
+
+
+def check_full_params(full_params: Any) -> None:
+  """Fused mode inside ``optax.masked``: the whole params came along."""
+  if full_params is None or tree_utils.has_masked(full_params):
+    raise ValueError(
+        "fused mode inside optax.masked or optax.multi_transform: the transform "
+        "sees only its own leaves (the others are optax.MaskedNode), but grad_fn "
+        "needs the whole model. Pass the whole params again, "
+        "tx.update(grads, state, params, grad_fn=..., batches=..., "
+        "full_params=params), and leave mask_compatible_extra_args False "
+        "(make_train_step and entropy_optax.flax.nnx_fused_update do this)."
+    )
 
 
 def check_replicated(name: str, tree: Any, n_replicas: int) -> None:
