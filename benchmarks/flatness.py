@@ -1061,9 +1061,12 @@ def markdown(report: dict[str, Any]) -> str:
   todo = {name: seeds_left for name, seeds_left in missing.items() if seeds_left}
   if not current:
     lines += ["", "## Missing", "",
-              f"Every optimizer under protocol {PROTOCOL}, seeds 0, 1, 2: these end points "
-              f"(protocol {config.get('protocol', 1)}) count in no verdict of it. The rerun, into "
-              f"a fresh folder (resumable): `{RERUN}`."]
+              f"Every optimizer under protocol {PROTOCOL}, seeds 0, 1, 2. These end points are "
+              f"protocol {config.get('protocol', 1)}'s: SGD replayed its last interval "
+              f"{config['sgd_steps_per_call']} minibatches at a time, and there was no SGD at the "
+              "Bocconi recipe's weight decay, no coupled Lua variant, no weight norms, "
+              "scale-invariant traces or coupling. The rerun, into a fresh folder (resumable): "
+              f"`{RERUN}`."]
   elif todo:
     lines += ["", "## Missing", ""]
     lines += [f"* {OPTIMIZERS[name]}, seeds {', '.join(map(str, left))}: "
