@@ -225,6 +225,8 @@ def test_a_transform_chained_after_entropy_sgd_is_refused_in_both_modes(after):
     jax.block_until_ready(interleaved_calls(tx, params, tx.init(params), batches))
   with pytest.raises(REFUSED, match="after Entropy-SGD"):
     jax.block_until_ready(harness.run_fused(tx, params, batches, L, loss=loss))
+  with jax.disable_jit(), pytest.raises(ValueError, match="after Entropy-SGD"):
+    interleaved_calls(tx, params, tx.init(params), batches)  # eager: the ValueError itself
 
 
 def test_a_transform_chained_before_entropy_sgd_in_fused_mode_is_refused_naming_inner():
