@@ -126,8 +126,9 @@ def nnx_fused_update(
 
   Returns:
     ``{"loss": mean loss over the inner steps, "skipped": 1 if the outer step
-    was abandoned on a non-finite value, else 0}``, plus ``"aux"``, the mean
-    aux, with ``has_aux``.
+    was not taken (a non-finite value, or a wrapper such as
+    ``optax.apply_if_finite`` rejected it), else 0}``, plus ``"aux"``, the
+    mean aux, with ``has_aux``. The loss of a step not taken is NaN.
 
   Examples:
     >>> import jax, jax.numpy as jnp, entropy_optax, entropy_optax.flax

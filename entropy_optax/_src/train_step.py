@@ -65,10 +65,15 @@ def make_train_step(
     ``(params, opt_state, metrics, model_state)``. ``metrics["loss"]`` is the
     mean loss over the K minibatches (the inner loss: at the walker, for
     Entropy-SGD). With Entropy-SGD, ``metrics["skipped"]`` is 1 when the
-    outer step was abandoned because a non-finite value appeared (params and
-    state are then as they came in, but for the state's ``skipped`` count):
-    log it, and stop or lower the step sizes when it keeps coming back. An
-    Entropy-SGD state's carry slot is left as it came in.
+    outer step was not taken: abandoned because a non-finite value appeared
+    (params and state are then as they came in, but for the state's
+    ``skipped`` count), or rejected by a wrapper such as
+    ``optax.apply_if_finite``; ``metrics["loss"]`` is then NaN. Log both,
+    and stop or lower the step sizes when skipped steps keep coming back.
+    An Entropy-SGD state's carry slot is left as it came in. Wrappers that
+    fused steps cannot run under (a transform chained before Entropy-SGD,
+    ``MultiSteps``, ``lookahead``, ``schedule_free``, ``reduce_on_plateau``,
+    ``parle``) are refused by name.
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax, entropy_optax
