@@ -124,7 +124,13 @@ def _big_maxima(source):
 @pytest.mark.slow
 @pytest.mark.parametrize("relation", list(quality.RELATIONS))
 def test_on_larger_leaves_and_more_keys_draws_correlate_at_no_lag_more_than_numpy_s(relation):
-  """The fast test's check on a four times larger leaf, twice the keys, other seeds."""
+  """The fast test's check on a four times larger leaf, twice the keys, other seeds.
+
+  Measured (z, |z|) within a step, between steps, between leaves: numpy
+  (0.0028, 0.0027), (0.0028, 0.0029), (0.0029, 0.0029); triple32 (0.0028,
+  0.0027), (0.0027, 0.0029), (0.0030, 0.0028); 0.2's generator fails within
+  a step, (0.0045, 0.0201): 7x numpy's for |z|.
+  """
   got, independent = _big_maxima("package")[relation], _big_maxima("numpy")[relation]
   assert np.all(got <= SLACK * independent), (relation, got, independent)
 
@@ -132,7 +138,9 @@ def test_on_larger_leaves_and_more_keys_draws_correlate_at_no_lag_more_than_nump
 @pytest.mark.slow
 def test_every_bit_is_uncorrelated_with_itself_and_with_the_next_step_at_every_lag():
   """Each of the 32 bits of the words, over 4 keys on 2^20 indices, against
-  numpy's uniform words in the same computation (bit by bit)."""
+  numpy's uniform words in the same computation (bit by bit). Measured in
+  standard errors, (with itself, with the next step): numpy (5.6, 5.7),
+  triple32 (5.4, 5.7), 0.2's generator (41.2, 5.8): fails."""
   rng = np.random.default_rng(1)
   uniform = lambda: rng.integers(0, 2**32, 1 << 20, dtype=np.uint64).astype(np.uint32)
   words = _words(5)

@@ -37,10 +37,13 @@ Two generators turn a step's key into N(0, 1) draws for every leaf:
   bit fields by 3.6x. No test can show independence; these show no dependence
   that they can see.
 
-  What it costs, beside the other candidates: benchmarks/results/noise_candidates.md.
+  Fused into the Langevin update on a 2-core AMD EPYC VM it added 0.028-0.052
+  of an optax SGD step (with its gradient) per Langevin step on mnistfc,
+  against 0.026-0.037 for 0.2's generator in the same three runs
+  (benchmarks/results/noise_candidates.md).
 * ``"threefry"``: ``jax.random.normal`` per leaf, JAX's standard generator,
-  kept as a reference (sharding-independent too; dear on a CPU, about 1.9
-  SGD steps per Langevin step on mnistfc there).
+  kept as a reference (sharding-independent too; dear on a CPU, about 0.95 of
+  an SGD step per Langevin step on mnistfc on that VM).
 
 Both are reproducible from the key; they draw different numbers.
 """
