@@ -45,7 +45,7 @@ def lag_correlations(x: Sequence[np.ndarray], pairs: Sequence[tuple[int, int]]) 
   Examples:
     >>> z = np.random.default_rng(0).standard_normal(1000)
     >>> c, = lag_correlations([z, np.roll(z, 7)], [(0, 1)])
-    >>> round(float(c[7]), 3)  # roll(z, 7)[i + 7] is z[i]: 993 of 1000 pairs, times sqrt(993 / 1000)
+    >>> round(float(c[7]), 3)  # roll(z, 7)[i + 7] is z[i]: 993 pairs, times sqrt(993 / 1000)
     0.995
   """
   n = len(x[0])

@@ -120,7 +120,7 @@ def local_entropy(
       chained before this one only sees the first gradient of each outer
       step. Its state is kept across outer steps.
     noise_generator: ``"hash"`` (default), a counter-based generator fused
-      into the update: one round of a 32-bit hash of the element's index and
+      into the update: the triple32 hash of the element's index and
       the step's key, three uniform fields of its bits summed and mapped to
       N(0, 1) by a polynomial (no table, ``|z| <= 4.52``); or ``"threefry"``,
       ``jax.random.normal`` (several times dearer). Both are reproducible
