@@ -10,8 +10,10 @@ The statistics are ``benchmarks/noise_quality.py``'s, which
 ``benchmarks/noise_candidates.py`` prints for every candidate generator.
 
 0.2's generator (one round of lowbias32 instead of triple32) fails the tests
-marked below with the numbers given there; ``python -m
-benchmarks.noise_candidates`` measures it again beside the others.
+whose docstrings say so, with the numbers given there: ``PYTHONPATH=tests
+python -m pytest -p noise_0_2_hash tests/test_noise_independence.py`` runs
+them on it, and ``python -m benchmarks.noise_candidates`` measures it beside
+the other candidates.
 """
 
 import functools
