@@ -85,24 +85,27 @@ def test_each_device_draws_only_its_shards_noise_under_explicit_sharding(results
 
 
 @pytest.mark.parametrize("mode", ["fused", "interleaved"])
-def test_entropy_sgd_adds_no_collective_to_the_gradients_but_one_scalar_finite_check(
-    results, mode
-):
+def test_entropy_sgd_adds_no_collective_to_the_gradients_only_scalar_checks(results, mode):
   checks = results["entropy_sgd"][mode]
   ops, baseline = checks["collectives"], checks["baseline_collectives"]
   # Every array all-gather / all-reduce is the gradient's own (FSDP gathers
   # the params, data parallelism sums the gradients), as in plain SGD.
   assert _array_collectives(ops) == _array_collectives(baseline)
-  # The one addition: the all-reduce of the per-leaf "all finite" flags that
-  # decides, identically on every device, whether to abandon the outer step;
-  # step-interleaved mode has one in each branch of its Langevin-or-outer-step
-  # cond, of which one runs per call.
+  # The additions are scalar all-reduces only: the per-leaf "all finite" flags
+  # that decide, identically on every device, whether to abandon the outer
+  # step (step-interleaved mode has one in each branch of its
+  # Langevin-or-outer-step cond, of which one runs per call), and since 0.3
+  # the check that params sit on the stored anchor: per leaf, the largest
+  # |params - anchor| and the largest |anchor| (two f32 scalars).
   assert not _scalar_collectives(baseline)
   extra = _scalar_collectives(ops)
-  assert 1 <= len(extra) <= (1 if mode == "fused" else 2), extra
-  assert len({op["computation"] for op in extra}) == len(extra), extra
-  for op in extra:
-    assert op["kind"] == "all-reduce" and all(s.startswith("pred[") for s in op["shapes"]), op
+  flags = [op for op in extra if all(s.startswith("pred[") for s in op["shapes"])]
+  anchor = [op for op in extra if all(s == "f32[]" for s in op["shapes"])]
+  assert len(flags) + len(anchor) == len(extra), extra
+  assert all(op["kind"] == "all-reduce" for op in extra), extra
+  assert 1 <= len(flags) <= (1 if mode == "fused" else 2), flags
+  assert len(anchor) == 1 and len(anchor[0]["shapes"]) % 2 == 0, anchor
+  assert len({op["computation"] for op in flags}) == len(flags), flags
 
 
 def test_parle_over_a_replica_mesh_axis_gives_the_single_device_vmap_numbers(results):
@@ -130,9 +133,17 @@ def test_parle_adds_one_all_reduce_of_one_replicas_shard_per_outer_step(results)
   [op] = [op for op in parle["collectives"] if (op["kind"], tuple(op["shapes"])) in added]
   assert op["kind"] == "all-reduce"
   assert op["elements"] == parle["reference_shard_elements"]
-  # Plus one bool: whether any replica abandons the outer step (then all do).
+  # Plus one all-reduce of bools: whether any replica abandons the outer step
+  # (then all do), and since 0.3 each replica's flag of the checks that reach
+  # the user (params on the anchor, a fused call between outer steps).
   extra_scalars = _multiset(_scalar_collectives(parle["collectives"])) - _multiset(
       _scalar_collectives(parle["baseline_collectives"]))
-  assert extra_scalars == collections.Counter({("all-reduce", ("pred[]",)): 1}), extra_scalars
-  assert not (_multiset(_scalar_collectives(parle["baseline_collectives"]))
-              - _multiset(_scalar_collectives(parle["collectives"])))
+  assert sum(extra_scalars.values()) == 1, extra_scalars
+  [(kind, shapes)] = extra_scalars
+  assert kind == "all-reduce" and all(s in ("pred[]", "pred[1]") for s in shapes), shapes
+  # XLA may merge the baseline's own flag all-reduce into that one: nothing else goes.
+  gone = _multiset(_scalar_collectives(parle["baseline_collectives"])) - _multiset(
+      _scalar_collectives(parle["collectives"]))
+  assert sum(gone.values()) <= 1, gone
+  for kind, shapes in gone:
+    assert kind == "all-reduce" and all(s.startswith("pred[") for s in shapes), gone
