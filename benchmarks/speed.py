@@ -49,6 +49,11 @@ import optax
 
 import entropy_optax
 
+try:
+  from benchmarks import provenance
+except ImportError:  # run as a file (python benchmarks/speed.py): benchmarks/ is on sys.path
+  import provenance  # type: ignore[no-redef]
+
 BATCH = 128
 NOISE = 1e-4
 MOMENTUM = 0.9
@@ -566,7 +571,8 @@ def main(argv: list[str] | None = None) -> None:
       results.append(result)
       print(json.dumps(result), flush=True)
       out.with_suffix(".json").write_text(
-          json.dumps({"command": command, "machine": info, "results": results}, indent=2)
+          json.dumps({"command": command, "machine": info, "provenance": provenance.provenance(command),
+                      "results": results}, indent=2)
       )
       write_markdown(out.with_suffix(".md"), command, info, results)
 
