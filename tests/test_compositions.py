@@ -162,9 +162,9 @@ def freezing(tx, how):
                      optax.masked(optax.set_to_zero(), frozen_mask))
 
 
-def reference_with_b_constant(params, batches, n):
-  """Entropy-SGD on w alone, b closed over: what freezing b must give."""
-  tx = entropy_optax.entropy_sgd(1.0, inner_steps=L, gamma=0.1, noise=1e-3)
+def reference_with_b_constant(params, batches, n, tx=None):
+  """Entropy-SGD (``tx``) on w alone, b closed over: what freezing b must give."""
+  tx = tx or entropy_optax.entropy_sgd(1.0, inner_steps=L, gamma=0.1, noise=1e-3)
   only_w = lambda p, batch: loss({"w": p["w"], "b": params["b"]}, batch)
 
   @jax.jit
@@ -531,18 +531,7 @@ def m_reference(kind):
       _REFERENCES[kind] = run_mode("plain", m_entropy_sgd(
           inner=optax.clip_by_global_norm(0.05)), "step-interleaved", params, batches)[0]
     elif kind == "b constant":
-      tx = m_entropy_sgd()
-      only_w = lambda p, batch: loss({"w": p["w"], "b": params["b"]}, batch)
-
-      @jax.jit
-      def step(p, s, batch):
-        u, s = tx.update(jax.grad(only_w)(p, batch), s, p)
-        return optax.apply_updates(p, u), s
-
-      p, s = {"w": params["w"]}, tx.init({"w": params["w"]})
-      for i in range(2 * M_L):
-        p, s = step(p, s, harness.take(batches, i))
-      _REFERENCES[kind] = p["w"]
+      _REFERENCES[kind] = reference_with_b_constant(params, batches, 2 * M_L, m_entropy_sgd())
   return _REFERENCES[kind]
 
 
