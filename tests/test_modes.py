@@ -270,3 +270,51 @@ def test_default_keeps_the_inner_loop_and_unroll_true_removes_it(inner_steps):
     return jax.jit(step).lower(params, tx.init(params)).as_text().count("stablehlo.while")
 
   assert whiles() == whiles(unroll=1) == whiles(unroll=True) + 1
+
+
+def test_a_donated_fused_step_runs_in_place_beside_an_sgd_step():
+  """The donated fused step's temporaries stay within half the params of an
+  optax SGD step's: the inner loop runs in the state's buffers. (A check that
+  read the anchor's buffer before the loop once cost a whole copy of it:
+  2.13x the params against 1.27x; a compile-time measure, not a timing.)"""
+  sizes = [(784, 512), (512, 512), (512, 10)]
+  keys = jax.random.split(jax.random.key(0), len(sizes))
+  params = [{"w": jax.random.normal(k, s) / np.sqrt(s[0]), "b": jnp.zeros(s[1])}
+            for k, s in zip(keys, sizes)]
+
+  def loss(params, batch):
+    h = batch["x"]
+    for layer in params[:-1]:
+      h = jax.nn.relu(h @ layer["w"] + layer["b"])
+    logits = h @ params[-1]["w"] + params[-1]["b"]
+    return optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
+
+  inner_steps = 5
+  batches = {"x": jax.random.normal(jax.random.key(1), (inner_steps, 64, 784)),
+             "y": jnp.arange(inner_steps * 64).reshape(inner_steps, 64) % 10}
+  pick = lambda k: jax.tree.map(lambda a: a[k], batches)
+  grad_fn = jax.grad(loss)
+  param_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
+
+  def temporaries(tx, run):
+    compiled = jax.jit(run, donate_argnums=(0, 1)).lower(params, tx.init(params)).compile()
+    return compiled.memory_analysis().temp_size_in_bytes / param_bytes
+
+  sgd = optax.sgd(0.1, momentum=0.9)
+
+  def sgd_run(p, s):
+    def body(carry, k):
+      p, s = carry
+      updates, s = sgd.update(grad_fn(p, pick(k)), s, p)
+      return (optax.apply_updates(p, updates), s), None
+    return jax.lax.scan(body, (p, s), jnp.arange(inner_steps))[0]
+
+  tx = entropy_optax.entropy_sgd(1.0, inner_steps=inner_steps, inner_momentum=0.9,
+                                 momentum=0.9)
+
+  def fused_run(p, s):
+    updates, s = tx.update(grad_fn(p, pick(0)), s, p, grad_fn=lambda w, k: grad_fn(w, pick(k)),
+                           batches=jnp.arange(1, inner_steps))
+    return optax.apply_updates(p, updates), s
+
+  assert temporaries(tx, fused_run) <= temporaries(sgd, sgd_run) + 0.5

@@ -325,3 +325,29 @@ def test_a_schedule_that_turns_negative_counts_as_zero(name):
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     assert np.all(np.isfinite(np.asarray(a)))
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_the_at_anchor_check_allows_rounding_and_refuses_any_other_difference(jit):
+  from entropy_optax._src import validation
+
+  def check(p, a):
+    p, a = jnp.asarray(p, jnp.float32), jnp.asarray(a, jnp.float32)
+    fn = jax.jit(validation.check_at_anchor) if jit else validation.check_at_anchor
+    try:
+      return bool(jax.block_until_ready(fn({"w": p}, {"w": a})))
+    except (ValueError, jax.errors.JaxRuntimeError) as error:
+      assert "not where Entropy-SGD's last update put them" in str(error)
+      return False
+
+  a = np.linspace(-2.0, 2.0, 101, dtype=np.float32)
+  rounding = a.copy()
+  rounding[7] = np.nextafter(np.nextafter(a[7], 3), 3)  # 2 ulps
+  moved = a.copy()
+  moved[50] += 1e-3
+  assert check(a, a) and check(rounding, a)
+  assert not check(moved, a)
+  assert not check(np.where(np.arange(101) == 3, np.nan, a), a)  # NaN params, finite anchor
+  assert not check(a, np.where(np.arange(101) == 3, np.inf, a))  # the anchor is not finite
+  with_nan = np.where(np.arange(101) == 3, np.nan, a)
+  assert check(with_nan, with_nan)  # both hold a non-finite value: not compared

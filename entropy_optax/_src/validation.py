@@ -323,7 +323,7 @@ def check_not_mid_loop(inner_count: Any, inner_steps: Any) -> None:
   refuse_unless(inner_count == 0, message, inner_count)
 
 
-def check_at_anchor(params: Any, anchor: Any, when: Any = True) -> None:
+def check_at_anchor(params: Any, anchor: Any, when: Any = True) -> Any:
   """Where ``when`` holds, params must be the anchor, to rounding.
 
   Between outer steps the updates of Entropy-SGD put params on the anchor it
@@ -332,16 +332,24 @@ def check_at_anchor(params: Any, anchor: Any, when: Any = True) -> None:
   changed the updates after it (a transform chained after it, lookahead,
   schedule-free) or the params between calls, and the stored anchor no
   longer describes the params. Checked at run time (:func:`refuse_unless`),
-  to 4 ulps of the leaf's largest magnitude.
+  to 4 ulps of the leaf's largest magnitude. Where the anchor holds a
+  non-finite value the params must too (the positions are not compared).
+
+  Every reduction here is a ``max`` over arithmetic alone (``abs``, ``-``, ``*``):
+  XLA on CPU fuses those into the reduction, while a compare or select (and,
+  in this program, ``abs(a) * 0``) materialises a leaf-sized temporary, and in fused mode (whose loop
+  reuses the anchor's buffer) a copy of the anchor.
   """
   def same(p, a):
-    eps = jnp.finfo(p.dtype).eps
     wide = jnp.promote_types(p.dtype, jnp.float32)
+    eps = jnp.asarray(jnp.finfo(p.dtype).eps, wide)
     p, a = p.astype(wide), a.astype(wide)
-    diff = jnp.where((p == a) | (jnp.isnan(p) & jnp.isnan(a)), 0, jnp.abs(p - a))
-    scale = jnp.max(jnp.where(jnp.isfinite(a), jnp.abs(a), 0), initial=0)
-    rounding = 4 * jnp.asarray(eps, wide) * scale
-    return jnp.max(diff, initial=0) <= rounding
+    # x * 0 is 0 for a finite x and NaN otherwise, and max propagates NaN:
+    # whether a leaf holds a non-finite value, and a NaN distance.
+    nonfinite_p = jnp.isnan(jnp.max(p * 0, initial=0))
+    nonfinite_a = jnp.isnan(jnp.max(a * 0, initial=0))
+    close = jnp.max(jnp.abs(p - a), initial=0) <= 4 * eps * jnp.max(jnp.abs(a), initial=0)
+    return (~nonfinite_a & close) | (nonfinite_a & nonfinite_p)
 
   flags = [same(p, a) for p, a in zip(jax.tree.leaves(params), jax.tree.leaves(anchor),
                                       strict=True)]
@@ -360,6 +368,7 @@ def check_at_anchor(params: Any, anchor: Any, when: Any = True) -> None:
           "with tx.init(params)."
       ),
   )
+  return at_anchor
 
 
 def check_state_fits(state: Any, params: Any, outer_init: Callable[[Any], Any],
