@@ -370,9 +370,10 @@ def flatness_section(report: dict[str, Any], verdicts: list[dict[str, Any]]) -> 
   judged = flatness.verdicts(report)
   lines += [f"mnistfc without BatchNorm and dropout, {config['train_size']} training images, each "
             f"run trained until its training loss reached {config['target_loss']}; mean ± std "
-            "over the seeds whose end point counts (at most "
-            f"{100 * flatness.tolerance_of(report):g}% below the target; lower is flatter, or "
-            "better). Each recipe is judged against the SGD-Nesterov of its weight decay.", "",
+            "over the seeds whose end point counts (within "
+            f"{100 * flatness.tolerance_of(report):g}% of the target, either side; lower is "
+            "flatter, or better). Each recipe is judged against the SGD-Nesterov of its weight "
+            "decay.", "",
             "| measure | " + " | ".join(
                 f"{FLATNESS_LABELS[o]} ({len(kept[o])} seed{'' if len(kept[o]) == 1 else 's'})"
                 for o in shown) + " |",

@@ -10,21 +10,30 @@ recipe's 1e-4, and at the PyTorch port's 0.03, the coupling's pull
 gamma ||x' - x|| is a small fraction of the data gradient's, so that the
 walker runs practically uncoupled from the anchor; the report's coupling row
 measures it), and Pittorino et al.'s (``entropy_optax.recipes.bocconi``),
-each until the SAME training loss:
+each until the SAME training loss, within a band around it:
 
 * the training loss is the mean cross-entropy over a fixed training subset
   (the first ``--loss-size`` training images), in one pass at the current
   weights (Entropy-SGD's anchor). The model has no BatchNorm, so there are no
   running statistics to recompute before measuring it;
+* the band is [target (1 - tolerance), target (1 + tolerance)], with the
+  target ``--target-loss`` and the tolerance ``--tolerance`` (5%: one SGD
+  step near the target can move the loss by 10-15%, so that a rule that
+  stops at the first step at or below the target lands up to 8% below it);
 * it is checked every ``--check-every`` minibatches; at the first check at or
-  below ``--target-loss`` the last interval is replayed from its start (same
-  minibatches, same optimizer state and noise key) with a check after every
-  minibatch (SGD) or outer step (Entropy-SGD: its anchor moves only then), so
-  the end point is the first such step after which the loss is at or below
-  the target;
-* an end point more than ``--tolerance`` below the target (one step can
-  overshoot) is recorded, reported and marked excluded: it counts in no
-  mean of the results table and in no verdict;
+  below the band's upper edge the last interval is replayed from its start
+  (same minibatches, same optimizer state and noise key) with a check after
+  every minibatch (SGD) or outer step (Entropy-SGD: its anchor moves only
+  then), and the end point is the first such step whose loss lies in the
+  band (:func:`band_end`);
+* a step below the band does not end the run: it steps on, one step at a
+  time and past the replayed interval if need be, for at most
+  ``--fine-intervals`` check intervals past the check that started the
+  replay; a run that lands in none of those steps is recorded as
+  'overshot' and excluded (each run records its ``below_band_steps``);
+* an end point outside the band (none under this protocol; records of an
+  older one) is recorded, reported and marked excluded: it counts in no
+  mean of the results table and in no verdict (:func:`exclusion`);
 * a run stops at the cap of ``--epochs`` effective epochs (gradient
   evaluations x batch size / training-set size) and is then recorded as not
   having reached the target (``--target-loss 0`` gives the old fixed budget).
@@ -55,7 +64,8 @@ after each end point (``--report-only`` regenerates them without training).
 Run ``python benchmarks/flatness.py --help`` for the options. The rerun of
 the whole study (5 optimizers x 3 seeds, into a fresh folder; resumable)::
 
-  nohup python benchmarks/flatness.py --out benchmarks/results/rerun/flatness > flatness.log 2>&1 &
+  nohup python benchmarks/flatness.py --out benchmarks/results/rerun/flatness_band \\
+    > flatness.log 2>&1 &
 """
 
 from __future__ import annotations
@@ -64,6 +74,7 @@ import argparse
 import dataclasses
 import datetime
 import functools
+import itertools
 import json
 import math
 import os
@@ -73,7 +84,7 @@ import shlex
 import subprocess
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -106,27 +117,34 @@ OPTIMIZERS = {
 BASELINES = {"lua": "sgd", "lua_g1": "sgd", "bocconi": "sgd_wd"}
 """Each Entropy-SGD recipe's baseline: SGD-Nesterov with the recipe's weight decay."""
 WEIGHT_DECAY = 5e-4  # recipes.bocconi's, on its Langevin gradient; sgd_wd's, on its gradient
-PROTOCOL = 2
+PROTOCOL = 3
 """The version of the protocol; a record of another (or of none: before version 2) is reported
 but not resumed. Version 2: SGD's last interval replayed one minibatch at a time, end points
 outside the tolerance excluded, SGD with weight decay and Lua at gamma0 1, weight norms,
-scale-aware traces and the walker's coupling recorded."""
-RERUN = ("nohup python benchmarks/flatness.py --out benchmarks/results/rerun/flatness "
+scale-aware traces and the walker's coupling recorded. Version 3: the band rule (the end point
+is the first fine step within the tolerance of the target, either side; a step below the band
+steps on, up to ``fine_intervals`` check intervals, else 'overshot'), the tolerance in the
+configuration, the cap 100 effective epochs (60 before)."""
+RERUN = ("nohup python benchmarks/flatness.py --out benchmarks/results/rerun/flatness_band "
          "> flatness.log 2>&1 &")
 """Reruns the whole study (every optimizer, 3 seeds) into a fresh folder; resumable."""
 
 # The settings that define the runs: a rerun resumes only with the same ones.
 # `None` in FULL: loss_size defaults to train_size, inner_steps to each recipe's L.
 FULL: dict[str, Any] = dict(
-    train_size=10_000, batch_size=128, hidden=1024, target_loss=0.1, epochs=60.0,
-    check_every=40, loss_size=4096, sgd_steps_per_call=5, inner_steps=None,
+    train_size=10_000, batch_size=128, hidden=1024, target_loss=0.1, tolerance=0.05, epochs=100.0,
+    check_every=40, fine_intervals=2, loss_size=4096, sgd_steps_per_call=5, inner_steps=None,
     hessian_size=1024, hessian_batch=256, slq_runs=2, slq_steps=64, top_k=5,
     trace_probes=20, energy_size=2048, energy_samples=8,
     sigmas=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8], entropy_steps=100,
 )
+# The full run's tolerance: one SGD step near the target moves the loss by 10-15%, so that the
+# band (+-5%) is met within a few steps. The quick run's: its Lua outer step (L = 20 minibatches,
+# half an effective epoch of its small data) moves the loss by 20-40% near the target, and it
+# still lands in a band of +-15% at 0.15 (at 0.4, Lua jumped from 0.50 to 0.23).
 QUICK: dict[str, Any] = dict(
-    train_size=4096, batch_size=32, hidden=64, target_loss=0.4, epochs=40.0,
-    check_every=40, loss_size=4096, sgd_steps_per_call=5, inner_steps=None,
+    train_size=4096, batch_size=32, hidden=64, target_loss=0.15, tolerance=0.15, epochs=40.0,
+    check_every=40, fine_intervals=2, loss_size=4096, sgd_steps_per_call=5, inner_steps=None,
     hessian_size=256, hessian_batch=128, slq_runs=1, slq_steps=12, top_k=2,
     trace_probes=3, energy_size=256, energy_samples=2, sigmas=[0.0, 0.3, 0.6], entropy_steps=8,
 )
@@ -135,10 +153,16 @@ HELP = {
     "batch_size": "minibatch size",
     "hidden": "hidden units in each of the two layers (mnistfc: 1024)",
     "target_loss": "the training loss every optimizer trains to (0: train to the cap)",
+    "tolerance": "half-width of the band around the target, as a fraction of it: the end point "
+                 "is the first step whose loss lies in [target (1 - tolerance), "
+                 "target (1 + tolerance)]",
     "epochs": "cap on effective epochs (gradient evaluations x batch / train-size)",
     "check_every": "minibatches between checks of the training loss",
+    "fine_intervals": "check intervals' worth of single steps the search for the band may take "
+                      "past the check that started it, before the run is recorded as 'overshot'",
     "loss_size": "training images in the loss that is checked (the first ones)",
-    "sgd_steps_per_call": "SGD steps per call of the train step (the replay near the target takes one at a time)",
+    "sgd_steps_per_call": "SGD steps per call of the train step (near the target: one at a "
+                          "time)",
     "inner_steps": "override both Entropy-SGD recipes' L (default: theirs, 20 and 5)",
     "hessian_size": "training images in the Hessian",
     "hessian_batch": "minibatch of the Hessian-vector products",
@@ -151,10 +175,6 @@ HELP = {
     "sigmas": "relative weight-noise levels of the local energy",
     "entropy_steps": "Langevin steps per local-entropy chain after burn-in (0: skip)",
 }
-# An end point is at the target when its loss is within this fraction below it (full, quick):
-# one call of the train step can move the loss by a few percent, more on the quick run's
-# small network and data.
-TOLERANCE = {"full": 0.05, "quick": 0.1}
 
 
 # ---------------------------------------------------------------------------- arguments
@@ -176,9 +196,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--optimizers", nargs="+", choices=list(OPTIMIZERS), default=list(OPTIMIZERS))
   parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3, quick 2)")
   parser.add_argument("--seed", type=int, default=0, help="the first seed")
-  parser.add_argument("--tolerance", type=float, default=None,
-                      help="an end point counts as at the target if its loss is within this fraction "
-                      f"of the target below it (default {TOLERANCE['full']}, quick {TOLERANCE['quick']})")
   parser.add_argument("--fresh", action="store_true", help="discard the runs in the JSON")
   parser.add_argument("--report-only", action="store_true",
                       help="regenerate flatness.md and flatness.png from the JSON; train nothing")
@@ -197,8 +214,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
       setattr(args, key, value)
   if args.seeds is None:
     args.seeds = 2 if args.quick else 3
-  if args.tolerance is None:
-    args.tolerance = TOLERANCE["quick" if args.quick else "full"]
   if args.loss_size is None:
     args.loss_size = args.train_size
   problems = [
@@ -208,6 +223,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   ]
   if args.target_loss < 0:
     problems.append("--target-loss must be >= 0")
+  if not 0 <= args.tolerance < 1:
+    problems.append("--tolerance must be in [0, 1)")
+  if args.fine_intervals < 0:
+    problems.append("--fine-intervals must be >= 0")
   if not 1 <= args.top_k <= args.slq_steps:
     problems.append("--top-k must be between 1 and --slq-steps")
   for key in ("loss_size", "hessian_size", "energy_size"):
@@ -230,7 +249,7 @@ def command_of(config: dict[str, Any], out: str, data_dir: str, seed: int, seeds
   parts = ["python", "benchmarks/flatness.py"] + (["--quick"] if config["quick"] else [])
   preset = QUICK if config["quick"] else FULL
   for key in FULL:
-    value, default = config[key], preset[key]
+    value, default = config.get(key), preset[key]
     if key == "loss_size" and default is None:
       default = config["train_size"]
     if value == default or value is None:
@@ -400,96 +419,226 @@ def freeze(config: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
   return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in config.items())
 
 
+def band_position(loss: float, target: float, tolerance: float) -> int:
+  """Where ``loss`` lies against the band [target (1 - tolerance), target (1 + tolerance)]: -1
+  below it, 0 in it, 1 above it (or not a number).
+
+  Examples:
+    >>> [band_position(loss, 0.1, 0.05) for loss in (0.0944, 0.095, 0.1032, 0.105, 0.1228)]
+    [-1, 0, 0, 0, 1]
+    >>> band_position(float("nan"), 0.1, 0.05)
+    1
+  """
+  if loss < target * (1 - tolerance):
+    return -1
+  return 0 if loss <= target * (1 + tolerance) else 1
+
+
+@dataclasses.dataclass(frozen=True)
+class BandEnd:
+  """How the fine phase ended (:func:`band_end`)."""
+
+  step: int | None  # the index of the step that ends the run; None: no step landed in the band
+  steps: int  # fine steps taken, the last one included
+  below: int  # of them, steps below the band (before the end point)
+
+
+def band_end(losses: Iterable[float], target: float, tolerance: float, limit: int) -> BandEnd:
+  """The stop rule of the fine phase: the first of ``losses`` (the checked loss after each fine
+  step, in order) in the band [target (1 - tolerance), target (1 + tolerance)] ends the run.
+
+  A step below the band does not end it (one step can jump over the band): the steps go on, at
+  most ``limit`` of them; none in the band within them (or ``losses`` ends first) gives
+  ``step=None``. ``losses`` is read lazily, so an iterator that trains a step per item trains
+  no step past the end point.
+
+  Examples:
+    >>> band_end([0.1228, 0.0944, 0.0981], 0.1, 0.05, limit=10)  # steps on past 0.0944
+    BandEnd(step=2, steps=3, below=1)
+    >>> band_end([0.1032, 0.0981], 0.1, 0.05, limit=10)  # above the target, in the band
+    BandEnd(step=0, steps=1, below=0)
+    >>> band_end([0.0944, 0.0921, 0.0937, 0.0981], 0.1, 0.05, limit=3)  # under it throughout
+    BandEnd(step=None, steps=3, below=3)
+  """
+  steps = below = 0
+  for loss in itertools.islice(losses, limit):
+    steps += 1
+    position = band_position(loss, target, tolerance)
+    if position == 0:
+      return BandEnd(steps - 1, steps, below)
+    below += position < 0
+  return BandEnd(None, steps, below)
+
+
+@dataclasses.dataclass
+class Walk:
+  """One optimizer's training from a seed's initialisation: params, optimizer state, the
+  minibatches trained on (``done``; minibatch m is ``minibatch_indices``' m-th, so a replay from
+  a snapshot sees the same ones), the checks of the training loss and the last one's value."""
+
+  step: Callable[..., Any]
+  seed: int
+  batch: int
+  data: dict[str, Any]
+  params: Any
+  opt_state: Any
+  done: int = 0
+  checks: int = 0
+  loss: float = math.nan
+
+  def advance(self, size: int) -> None:
+    x, y = self.data["x_train"], self.data["y_train"]
+    index = minibatch_indices(self.seed, len(x), self.batch, self.done, size)
+    self.params, self.opt_state, _ = self.step(
+        self.params, self.opt_state, {"x": jnp.asarray(x[index]), "y": jnp.asarray(y[index])})
+    self.done += size
+
+  def check(self) -> float:
+    """The training loss that is compared with the target: one pass over the checked subset."""
+    self.loss = float(dataset_mean(loss_fn, self.params, self.data["loss_batches"]))
+    self.checks += 1
+    return self.loss
+
+  def snapshot(self) -> tuple[int, Any, Any, float]:
+    return self.done, self.params, self.opt_state, self.loss
+
+  def restore(self, snapshot: tuple[int, Any, Any, float]) -> None:
+    self.done, self.params, self.opt_state, self.loss = snapshot
+
+
+def coarse_phase(walk: Walk, k: int, check_every: int, cap: int, upper: float,
+                 history: list[list[float]], per_pass: int) -> tuple[int, Any, Any, float]:
+  """Trains ``k`` minibatches a call, checking every ``check_every`` (and at the cap), until a
+  check at or below ``upper`` (or not finite) or the cap. Returns the snapshot of the last check
+  above ``upper``: the fine phase starts there. ``history`` gets the checks above ``upper``."""
+  snapshot = walk.snapshot()
+  while walk.loss > upper and walk.done < cap:
+    walk.advance(min(k, cap - walk.done))
+    if walk.done % check_every and walk.done < cap:
+      continue
+    if walk.check() > upper:
+      history.append([walk.done / per_pass, walk.loss])
+      snapshot = walk.snapshot()
+  return snapshot
+
+
+def fine_losses(walk: Walk, fine_k: int, cap: int, history: list[list[float]],
+                per_pass: int) -> Iterator[float]:
+  """Trains ``fine_k`` minibatches at a time (SGD: one; Entropy-SGD: an outer step, since its
+  anchor moves only then) up to the cap, and yields the checked loss after each; it stops after
+  a loss that is not finite. ``history`` gets the finite ones."""
+  while walk.done + fine_k <= cap:
+    walk.advance(fine_k)
+    loss = walk.check()
+    if math.isfinite(loss):
+      history.append([walk.done / per_pass, loss])
+    yield loss
+    if not math.isfinite(loss):
+      return
+
+
 def train_to_target(name: str, seed: int, config: dict[str, Any],
                     data: dict[str, Any]) -> tuple[dict[str, Any], Any, Any]:
-  """Trains one optimizer from the seed's init until the checked loss first reaches the target.
+  """Trains one optimizer from the seed's initialisation until the checked loss lands in the
+  band around the target (the module docstring's protocol).
+
+  Coarse phase: checks every ``check_every`` minibatches, up to the first check at or below the
+  band's upper edge. Fine phase: from the last check above it (same minibatches, optimizer state
+  and noise key: a deterministic replay), a check after every fine step, and the end point is
+  the first step in the band (:func:`band_end`); at most ``fine_intervals`` check intervals of
+  steps past the crossing check, else the run is 'overshot'.
 
   Returns the run's record, the end point's params and its optimizer state.
   """
   spec = optimizer_specs(config)[name]
-  step = train_step(name, freeze(config))
-  x, y = data["x_train"], data["y_train"]
-  n, batch, k = len(x), config["batch_size"], spec.per_call
-  per_pass = n // batch
-  target = config["target_loss"]
+  x, batch, k = data["x_train"], config["batch_size"], spec.per_call
+  per_pass = len(x) // batch
+  target, tolerance = config["target_loss"], config["tolerance"]
   check_every = max(1, math.ceil(config["check_every"] / k)) * k  # minibatches, whole calls
   cap = spec.max_calls * k
-  # The replay's step: one minibatch for SGD; Entropy-SGD's anchor moves only once an outer step.
   fine_k = k if spec.gamma else 1
-
-  def check(p: Any) -> float:  # the training loss that is compared with the target
-    return float(dataset_mean(loss_fn, p, data["loss_batches"]))
 
   start = time.perf_counter()
   params = init_mlp(jax.random.key(seed), (x.shape[1], config["hidden"], config["hidden"], 10))
-  opt_state = spec.make(seed).init(params)
-  done, checks, replays, status = 0, 1, 0, None  # done: minibatches trained on
-  loss = check(params)
-  history = [[0.0, loss]]
-  if loss <= target:
-    status = "reached"
-  snapshot, fine = (0, params, opt_state), False
-  while status is None and done < cap:
-    size = min(fine_k if fine else k, cap - done)
-    index = minibatch_indices(seed, n, batch, done, size)
-    batches = {"x": jnp.asarray(x[index]), "y": jnp.asarray(y[index])}
-    params, opt_state, _ = step(params, opt_state, batches)
-    done += size
-    if not (fine or done % check_every == 0 or done == cap):
-      continue
-    loss, checks = check(params), checks + 1
-    if not math.isfinite(loss):
+  walk = Walk(train_step(name, freeze(config)), seed, batch, data, params,
+              spec.make(seed).init(params))
+  history = [[0.0, walk.check()]]
+  fine, limit, snapshot = BandEnd(None, 0, 0), 0, walk.snapshot()
+  if band_position(walk.loss, target, tolerance) == 0:
+    status = "reached"  # at the initialisation
+  else:
+    snapshot = coarse_phase(walk, k, check_every, cap, target * (1 + tolerance), history, per_pass)
+    crossing = walk.done
+    if not math.isfinite(walk.loss):
       status = "diverged"
-    elif loss <= target and not fine and done - snapshot[0] > fine_k:
-      # Crossed in the last interval: replay it from its start, checking after every step.
-      (done, params, opt_state), fine, replays = snapshot, True, replays + 1
-    elif loss <= target:
-      status = "reached"
+    elif walk.loss > target * (1 + tolerance):
+      status = "cap"
     else:
-      history.append([done / per_pass, loss])
-      if not fine:
-        snapshot = (done, params, opt_state)
-  status = status or "cap"
-  jax.block_until_ready(params)
+      walk.restore(snapshot)
+      limit = (crossing + config["fine_intervals"] * check_every - walk.done) // fine_k
+      fine = band_end(fine_losses(walk, fine_k, cap, history, per_pass), target, tolerance, limit)
+      status = ("reached" if fine.step is not None else
+                "diverged" if not math.isfinite(walk.loss) else
+                "overshot" if fine.steps == limit else "cap")
+  jax.block_until_ready(walk.params)
   train_seconds = time.perf_counter() - start
-  if status == "reached":
-    history.append([done / per_pass, loss])
-  outer_steps = done // k
+  outer_steps = walk.done // k
   run = {
       "optimizer": name, "seed": seed, "status": status, "reached": status == "reached",
-      "target_loss": target, "loss": loss, "epochs": done / per_pass, "grad_evals": done,
+      "target_loss": target, "tolerance": tolerance, "loss": walk.loss,
+      "epochs": walk.done / per_pass, "grad_evals": walk.done,
       "minibatches_per_call": k, "minibatches_per_replay_step": fine_k,
-      "check_every_minibatches": check_every, "checks": checks, "replays": replays,
+      "check_every_minibatches": check_every, "checks": walk.checks,
+      "replays": int(fine.steps > 0), "fine_start": snapshot[0], "fine_steps": fine.steps,
+      "fine_step_limit": limit, "below_band_steps": fine.below,
       "cap_epochs": cap / per_pass, "history": history, "train_seconds": train_seconds,
       "gamma_end": spec.gamma(max(outer_steps - 1, 0)) if spec.gamma else None,
-      "skipped_outer_steps": int(getattr(opt_state, "skipped", 0)),
+      "skipped_outer_steps": int(getattr(walk.opt_state, "skipped", 0)),
   }
-  run["train_loss"] = float(dataset_mean(loss_fn, params, data["train_batches"]))
-  run["train_error"] = float(dataset_mean(error_fn, params, data["train_batches"]))
-  run["test_loss"] = float(dataset_mean(loss_fn, params, data["test_batches"]))
-  run["test_error"] = float(dataset_mean(error_fn, params, data["test_batches"]))
-  return run, params, opt_state
+  for key, fn, batches in (("train_loss", loss_fn, "train_batches"),
+                           ("train_error", error_fn, "train_batches"),
+                           ("test_loss", loss_fn, "test_batches"),
+                           ("test_error", error_fn, "test_batches")):
+    run[key] = float(dataset_mean(fn, walk.params, data[batches]))
+  return run, walk.params, walk.opt_state
+
+
+EXCLUDED_STATUS = {
+    "cap": "did not reach the target (cap)",
+    "diverged": "did not reach the target (diverged)",
+    "overshot": "overshot: no step landed within the tolerance of the target",
+}
+"""Why a run that did not end in the band counts nowhere, by its status."""
 
 
 def exclusion(run: dict[str, Any], tolerance: float) -> str:
   """Why ``run``'s end point counts in no mean and no verdict, or ``""`` when it counts.
 
-  It counts when it reached the target loss and stopped within ``tolerance`` (a fraction of
-  the target) below it: further below, its optimizer trained to a lower loss than the others.
+  It counts when it reached the target and its loss lies within ``tolerance`` (a fraction of the
+  target) of it, on either side: further below, its optimizer trained to a lower loss than the
+  others; further above, to a higher one.
 
   Examples:
     >>> exclusion({"reached": True, "loss": 0.0917, "target_loss": 0.1}, 0.05)
     '8.3% below the target, outside the 5% tolerance'
+    >>> exclusion({"reached": True, "loss": 0.1060, "target_loss": 0.1}, 0.05)
+    '6.0% above the target, outside the 5% tolerance'
     >>> exclusion({"reached": True, "loss": 0.0990, "target_loss": 0.1}, 0.05)
+    ''
+    >>> exclusion({"reached": True, "loss": 0.1040, "target_loss": 0.1}, 0.05)
     ''
     >>> exclusion({"reached": False, "status": "cap", "loss": 0.2, "target_loss": 0.1}, 0.05)
     'did not reach the target (cap)'
+    >>> exclusion({"reached": False, "status": "overshot", "loss": 0.09, "target_loss": 0.1}, 0.05)
+    'overshot: no step landed within the tolerance of the target'
   """
   if not run.get("reached"):
-    return f"did not reach the target ({run.get('status', 'unknown')})"
+    status = run.get("status", "unknown")
+    return EXCLUDED_STATUS.get(status, f"did not reach the target ({status})")
   target, loss = run.get("target_loss"), run.get("loss")
-  if target and loss is not None and (target - loss) / target > tolerance:
-    return (f"{100 * (target - loss) / target:.1f}% below the target, outside the "
+  if target and loss is not None and band_position(loss, target, tolerance):
+    side = "below" if loss < target else "above"
+    return (f"{100 * abs(target - loss) / target:.1f}% {side} the target, outside the "
             f"{100 * tolerance:g}% tolerance")
   return ""
 
@@ -699,8 +848,11 @@ def runs_of(report: dict[str, Any], name: str) -> list[dict[str, Any]]:
 
 
 def tolerance_of(report: dict[str, Any]) -> float:
-  preset = "quick" if report.get("config", {}).get("quick") else "full"
-  return report.get("tolerance", TOLERANCE[preset])
+  """The tolerance of ``report``'s end points: its configuration's (protocol 3), else the one the
+  report records (protocol 2), else its preset's default (protocol 1)."""
+  config = report.get("config", {})
+  preset = QUICK if config.get("quick") else FULL
+  return config.get("tolerance", report.get("tolerance", preset["tolerance"]))
 
 
 def counted(report: dict[str, Any], name: str) -> list[dict[str, Any]]:
@@ -835,6 +987,72 @@ def completion_command(report: dict[str, Any], optimizers: list[str]) -> str:
                     seeds[-1] - seeds[0] + 1, optimizers)
 
 
+def protocol_words(config: dict[str, Any], tolerance: float) -> str:
+  """The report's paragraph on the protocol its end points ran under (``config["protocol"]``)."""
+  protocol = config.get("protocol", 1)
+  per_pass = config["train_size"] // config["batch_size"]
+  target = config["target_loss"]
+  text = (
+      ("Each optimizer trains from the seed's initialisation until the training loss lands within "
+       f"{100 * tolerance:g}% of **{target:g}**, on either side. " if protocol >= 3 else
+       f"Each optimizer trains from the seed's initialisation until the training loss first "
+       f"reaches **{target:g}**. ")
+      + f"The training loss is the mean cross-entropy over a fixed training subset (the first "
+      f"{config['loss_size']} of the {config['train_size']} training images), computed in one "
+      "pass at the current weights (for Entropy-SGD, the anchor x, not the Langevin walker). The "
+      "network has no BatchNorm, so no running statistics need recomputing before the check. It "
+      f"is checked every {config['check_every']} minibatches (rounded up to a whole number of "
+      "train-step calls); at the first check at or below ")
+  if protocol >= 3:
+    lo, hi = target * (1 - tolerance), target * (1 + tolerance)
+    return text + (
+        f"the band's upper edge, {hi:.4g}, the last interval is replayed from its start (same "
+        "minibatches, same optimizer state, same noise key) with a check after every minibatch for "
+        "SGD and every outer step (L minibatches: the anchor moves only then) for Entropy-SGD, and "
+        f"the end point is the first such step whose loss lies in the band [{lo:.4g}, {hi:.4g}]. "
+        "A step below the band does not end the run (one step can jump over the band): it steps "
+        "on, past the replayed interval if need be, at most "
+        f"{config['fine_intervals']} check intervals past the check that started the replay; a "
+        "run that lands in none of those steps is marked 'overshot', measured and excluded (the "
+        "end points' table gives each run's steps below the band before its end point). Effective "
+        f"epochs count gradient evaluations x batch / training-set size ({per_pass} minibatches "
+        f"per epoch); the cap is {config['epochs']:g} effective epochs, and a run that reaches it "
+        "without landing in the band is marked 'cap', measured and excluded.")
+  return text + (
+      "the target the last interval is replayed from its start (same minibatches, same optimizer "
+      "state, same noise key) "
+      + ("with a check after every minibatch for SGD and every outer step (L minibatches: the "
+         "anchor moves only then) for Entropy-SGD, so the end point is the first such step after "
+         "which the loss is at or below the target. "
+         if protocol == 2 else
+         "with a check after every call, so the end point is the first call after which the loss "
+         "is at or below the target. One call is L minibatches for Entropy-SGD (an outer step) "
+         f"and {config['sgd_steps_per_call']} for SGD (protocol 1: SGD's replay now steps one "
+         "minibatch at a time). ")
+      + f"An end point counts when its loss is at most {100 * tolerance:g}% below the target; "
+      "one further below (its last step overshot) is shown in the end points' table, marked "
+      "excluded with the reason, and counts in no mean and no verdict. "
+      f"Effective epochs count gradient evaluations x batch / training-set size ({per_pass} "
+      f"minibatches per epoch); the cap is {config['epochs']:g} effective epochs, and a run that "
+      "reaches it without the target is marked 'cap', measured and excluded.")
+
+
+def superseded_words(config: dict[str, Any]) -> str:
+  """What the end points of an older protocol lack against the current one (:data:`PROTOCOL`)."""
+  protocol = config.get("protocol", 1)
+  lacks = []
+  if protocol < 2:
+    lacks.append(f"SGD replayed its last interval {config['sgd_steps_per_call']} minibatches at a "
+                 "time, and there was no SGD at the Bocconi recipe's weight decay, no coupled Lua "
+                 "variant, no weight norms, scale-invariant traces or coupling")
+  if protocol < 3:
+    lacks.append("the end point was the first step at or below the target, which one step could "
+                 "overshoot by more than the tolerance (now: the first step in the band within the "
+                 "tolerance of the target, either side), and the cap was "
+                 f"{config['epochs']:g} effective epochs (now {FULL['epochs']:g})")
+  return f"These end points are protocol {protocol}'s: " + "; ".join(lacks) + "."
+
+
 def write_markdown(report: dict[str, Any], path: pathlib.Path) -> None:
   path.write_text(markdown(report))
 
@@ -842,19 +1060,34 @@ def write_markdown(report: dict[str, Any], path: pathlib.Path) -> None:
 def markdown(report: dict[str, Any]) -> str:
   """``flatness.md`` of ``report`` (``flatness.json``); each end point's machine and code from
   its provenance (:mod:`benchmarks.reports`)."""
+  return "\n".join(header_lines(report) + results_lines(report) + measure_lines(report)
+                   + verdict_lines(report) + endpoint_lines(report)) + "\n"
+
+
+def is_current(report: dict[str, Any]) -> bool:
+  """Whether ``report``'s end points ran under this code's protocol (:data:`PROTOCOL`)."""
+  return report["config"].get("protocol") == PROTOCOL
+
+
+def missing_seeds(report: dict[str, Any]) -> dict[str, list[int]]:
+  seeds = expected_seeds(report)
+  return {name: [s for s in seeds if f"{name}/{s}" not in report["runs"]] for name in OPTIMIZERS}
+
+
+def gap_percent(run: dict[str, Any], target: float) -> float:
+  """How far ``run``'s end point is from the target, in % of it (negative: below)."""
+  return 100 * (run["loss"] - target) / target if target else 0.0
+
+
+def header_lines(report: dict[str, Any]) -> list[str]:
+  """The report's head: command, machine, data, protocol, optimizers and measures."""
   config, info = report["config"], report["machine"]
   seeds = expected_seeds(report)
-  tolerance = tolerance_of(report)
-  current = config.get("protocol") == PROTOCOL
   specs = optimizer_specs(config)
-  every = {name: runs_of(report, name) for name in OPTIMIZERS}
-  columns = {name: counted(report, name) for name in OPTIMIZERS}
-  missing = {name: [s for s in seeds if f"{name}/{s}" not in report["runs"]] for name in OPTIMIZERS}
-  per_pass = config["train_size"] // config["batch_size"]
-  command = (f"`{completion_command(report, list(OPTIMIZERS))}`" if current else
+  command = (f"`{completion_command(report, list(OPTIMIZERS))}`" if is_current(report) else
              f"`{report['command']}`, under protocol {config.get('protocol', 1)}: the current code "
              f"(protocol {PROTOCOL}) does not resume it; its rerun is under Missing")
-  lines = [
+  return [
       "# Flatness of the minima SGD and Entropy-SGD find, at equal training loss "
       "(mnistfc, Fashion-MNIST)",
       "",
@@ -876,28 +1109,7 @@ def markdown(report: dict[str, Any]) -> str:
       "",
       "## Protocol: equal training loss",
       "",
-      f"Each optimizer trains from the seed's initialisation until the training loss first reaches "
-      f"**{config['target_loss']:g}**. The training loss is the mean cross-entropy over a fixed "
-      f"training subset (the first {config['loss_size']} of the {config['train_size']} training "
-      "images), computed in one pass at the current weights (for Entropy-SGD, the anchor x, not the "
-      "Langevin walker). The network has no BatchNorm, so no running statistics need recomputing "
-      f"before the check. It is checked every {config['check_every']} minibatches (rounded up to a "
-      "whole number of train-step calls); at the first check at or below the target the last "
-      "interval is replayed from its start (same minibatches, same optimizer state, same noise key) "
-      + ("with a check after every minibatch for SGD and every outer step (L minibatches: the "
-         "anchor moves only then) for Entropy-SGD, so the end point is the first such step after "
-         "which the loss is at or below the target. "
-         if current else
-         "with a check after every call, so the end point is the first call after which the loss "
-         "is at or below the target. One call is L minibatches for Entropy-SGD (an outer step) "
-         f"and {config['sgd_steps_per_call']} for SGD (protocol 1: SGD's replay now steps one "
-         "minibatch at a time). ")
-      + f"An end point counts when its loss is at most {100 * tolerance:g}% below the target; "
-      "one further below (its last step overshot) is shown in the end points' table, marked "
-      "excluded with the reason, and counts in no mean and no verdict. "
-      f"Effective epochs count gradient evaluations x batch / training-set size ({per_pass} "
-      f"minibatches per epoch); the cap is {config['epochs']:g} effective epochs, and a run that "
-      "reaches it without the target is marked 'cap', measured and excluded.",
+      protocol_words(config, tolerance_of(report)),
       "",
       "Optimizers (each minibatch is one gradient evaluation for all of them):",
       "",
@@ -931,11 +1143,31 @@ def markdown(report: dict[str, Any]) -> str:
       "",
       "![flatness](flatness.png)",
       "",
-      "## Results (mean ± std over the counted end points)",
-      "",
-      "| | " + " | ".join(OPTIMIZERS.values()) + " |",
-      "|---|" + "---|" * len(OPTIMIZERS),
   ]
+
+
+def row_maker(columns: dict[str, list[dict[str, Any]]]) -> Callable[..., str]:
+  """A table row: each optimizer's cell from its counted end points (``—`` when none)."""
+  def row(label: str, fn: Callable[[list[dict[str, Any]]], str]) -> str:
+    cells = (fn(columns[name]) if columns[name] else "—" for name in OPTIMIZERS)
+    return f"| {label} | " + " | ".join(cells) + " |"
+  return row
+
+
+def stat(value: Callable[[dict[str, Any]], float], fmt: str, scale: float = 1.0,
+         key: str = "") -> Callable[..., str]:
+  """A cell: mean ± std of ``value`` over the end points (``—`` if one lacks ``key``)."""
+  return lambda rs: ("—" if key and any(key not in r for r in rs)
+                     else cell([value(r) for r in rs], fmt, scale))
+
+
+def results_lines(report: dict[str, Any]) -> list[str]:
+  """The results table's head and its rows on the end points themselves."""
+  config = report["config"]
+  every = {name: runs_of(report, name) for name in OPTIMIZERS}
+  columns = {name: counted(report, name) for name in OPTIMIZERS}
+  missing = missing_seeds(report)
+  row = row_maker(columns)
 
   def done_cell(name: str) -> str:
     runs, todo = every[name], missing[name]
@@ -943,22 +1175,36 @@ def markdown(report: dict[str, Any]) -> str:
     excluded = len(runs) - len(columns[name])
     if excluded:
       text += f", {excluded} excluded"
-    if todo and current:
+    if todo and is_current(report):
       text += f"; complete with `{completion_command(report, [name])}`"
     return text
 
-  def row(label: str, fn: Callable[[list[dict[str, Any]]], str]) -> str:
-    cells = (fn(columns[name]) if columns[name] else "—" for name in OPTIMIZERS)
-    return f"| {label} | " + " | ".join(cells) + " |"
+  target = config["target_loss"]
+  return [
+      "## Results (mean ± std over the counted end points)",
+      "",
+      "| | " + " | ".join(OPTIMIZERS.values()) + " |",
+      "|---|" + "---|" * len(OPTIMIZERS),
+      "| end points (seeds) | " + " | ".join(done_cell(n) for n in OPTIMIZERS) + " |",
+      "| target reached | " + " | ".join(
+          f"{sum(r['reached'] for r in every[n])} of {len(every[n])}" if every[n] else "—"
+          for n in OPTIMIZERS) + " |",
+      row("effective epochs to the target", stat(lambda r: r["epochs"], ".1f")),
+      row(f"training loss at the end point ({config['loss_size']} images)",
+          stat(lambda r: r["loss"], ".4f")),
+      row("largest distance from the target (%)",
+          lambda rs: f"{max(abs(gap_percent(r, target)) for r in rs):.2f}"),
+      row(f"train loss, all {config['train_size']} images", stat(lambda r: r["train_loss"], ".4f")),
+      row("train error (%)", stat(lambda r: r["train_error"], ".2f", 100)),
+      row("test loss", stat(lambda r: r["test_loss"], ".4f")),
+      row("test error (%)", stat(lambda r: r["test_error"], ".2f", 100)),
+  ]
 
-  def stat(value: Callable[[dict[str, Any]], float], fmt: str, scale: float = 1.0,
-           key: str = "") -> Callable[..., str]:
-    return lambda rs: ("—" if key and any(key not in r for r in rs)
-                       else cell([value(r) for r in rs], fmt, scale))
 
-  def gap(r: dict[str, Any]) -> float:  # how far below the target, in % of it
-    target = config["target_loss"]
-    return 100 * (target - r["loss"]) / target if target else 0.0
+def measure_lines(report: dict[str, Any]) -> list[str]:
+  """The results table's rows on the flatness measures, the coupling and the wall times."""
+  config = report["config"]
+  row = row_maker({name: counted(report, name) for name in OPTIMIZERS})
 
   def trace_cell(key: str) -> Callable[[list[dict[str, Any]]], str]:
     def fn(rs: list[dict[str, Any]]) -> str:
@@ -968,24 +1214,14 @@ def markdown(report: dict[str, Any]) -> str:
       return cell([r[key] for r in rs], ".4g") + f" (s.e. {rms_stderr:.2g})"
     return fn
 
+  def entropy_stat(key: str, fmt: str) -> Callable[[list[dict[str, Any]]], str]:
+    return lambda rs: ("—" if rs[0]["gamma_end"] is None or any(key not in r for r in rs)
+                       else cell([r[key] for r in rs], fmt))
+
   tensors = next((list(r["weight_norms"]) for r in report["runs"].values()
                   if "weight_norms" in r), [])
-  lines.append("| end points (seeds) | " + " | ".join(done_cell(n) for n in OPTIMIZERS) + " |")
-  lines += [
-      "| target reached | " + " | ".join(
-          f"{sum(r['reached'] for r in every[n])} of {len(every[n])}" if every[n] else "—"
-          for n in OPTIMIZERS) + " |",
-      row("effective epochs to the target", stat(lambda r: r["epochs"], ".1f")),
-      row(f"training loss at the end point ({config['loss_size']} images)",
-          stat(lambda r: r["loss"], ".4f")),
-      row("largest gap below the target (%)", lambda rs: f"{max(gap(r) for r in rs):.2f}"),
-      row(f"train loss, all {config['train_size']} images", stat(lambda r: r["train_loss"], ".4f")),
-      row("train error (%)", stat(lambda r: r["train_error"], ".2f", 100)),
-      row("test loss", stat(lambda r: r["test_loss"], ".4f")),
-      row("test error (%)", stat(lambda r: r["test_error"], ".2f", 100)),
-  ]
-  lines += [row(f"Hessian eigenvalue {i + 1}", stat(lambda r, i=i: r["top_eigenvalues"][i], ".4g"))
-            for i in range(config["top_k"])]
+  lines = [row(f"Hessian eigenvalue {i + 1}", stat(lambda r, i=i: r["top_eigenvalues"][i], ".4g"))
+           for i in range(config["top_k"])]
   lines += [
       row("Hessian trace (Hutchinson; rms s.e. of the seeds)", trace_cell("trace")),
       row("Hessian trace, layer-normalised Σ_g ‖θ_g‖² tr(H_g) / n_g",
@@ -1012,11 +1248,6 @@ def markdown(report: dict[str, Any]) -> str:
         row("Gibbs `<‖x' - x‖^2>`", stat(lambda r: r["gibbs_mean_sq_distance"], ".4g")),
         row("free energy `∫ <f>_λ dλ`", stat(lambda r: r["free_energy"], ".4f")),
     ]
-
-  def entropy_stat(key: str, fmt: str) -> Callable[[list[dict[str, Any]]], str]:
-    return lambda rs: ("—" if rs[0]["gamma_end"] is None or any(key not in r for r in rs)
-                       else cell([r[key] for r in rs], fmt))
-
   lines += [
       row("scope gamma at the end point", entropy_stat("gamma_end", ".3g")),
       row("walker's ‖x' - x‖ in one more outer step", entropy_stat("walker_distance", ".3g")),
@@ -1024,6 +1255,13 @@ def markdown(report: dict[str, Any]) -> str:
       row("coupling γ ‖x' - x‖ / ‖∇f(x')‖", entropy_stat("coupling_ratio", ".3g")),
       row("training wall time (s)", stat(lambda r: r["train_seconds"], ".1f")),
       row("measuring wall time (s)", stat(lambda r: r["wall_s"] - r["train_seconds"], ".1f")),
+  ]
+  return lines
+
+
+def verdict_lines(report: dict[str, Any]) -> list[str]:
+  """The verdicts: each recipe against its baseline, on every measure."""
+  lines = [
       "",
       "## Verdicts",
       "",
@@ -1041,31 +1279,35 @@ def markdown(report: dict[str, Any]) -> str:
       lines.append(f"| {label} | " + " | ".join(cells) + " |")
   else:
     lines.append("No recipe has end points yet.")
-  lines += [
+  return lines
+
+
+def endpoint_lines(report: dict[str, Any]) -> list[str]:
+  """The table of every end point, counted or not, and what is missing with its command."""
+  config, tolerance = report["config"], tolerance_of(report)
+  lines = [
       "",
       "## End points",
       "",
-      "| optimizer | seed | status | effective epochs | loss reached | below target (%) | checks | "
-      "skipped outer steps | wall time (s) | run on | code |",
-      "|---|---|---|---|---|---|---|---|---|---|---|",
+      "| optimizer | seed | status | effective epochs | loss reached | from the target (%) | "
+      "steps below the band | checks | skipped outer steps | wall time (s) | run on | code |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for name in OPTIMIZERS:
-    for r in every[name]:
+    for r in runs_of(report, name):
       why = exclusion(r, tolerance)
       status = r["status"] + (f", **excluded**: {why}" if why and r["reached"] else
                               ", **excluded**" if why else "")
       lines.append(
-          f"| {OPTIMIZERS[name]} | {r['seed']} | {status} | {r['epochs']:.2f} | "
-          f"{r['loss']:.5f} | {gap(r):.2f} | {r['checks']} | {r['skipped_outer_steps']} | "
-          f"{r['wall_s']:.1f} | {reports.machine(r)} | {reports.code(r)} |")
-  todo = {name: seeds_left for name, seeds_left in missing.items() if seeds_left}
-  if not current:
+          f"| {OPTIMIZERS[name]} | {r['seed']} | {status} | {r['epochs']:.2f} | {r['loss']:.5f} | "
+          f"{gap_percent(r, config['target_loss']):+.2f} | {r.get('below_band_steps', '—')} | "
+          f"{r['checks']} | {r['skipped_outer_steps']} | {r['wall_s']:.1f} | "
+          f"{reports.machine(r)} | {reports.code(r)} |")
+  todo = {name: seeds_left for name, seeds_left in missing_seeds(report).items() if seeds_left}
+  if not is_current(report):
     lines += ["", "## Missing", "",
-              f"Every optimizer under protocol {PROTOCOL}, seeds 0, 1, 2. These end points are "
-              f"protocol {config.get('protocol', 1)}'s: SGD replayed its last interval "
-              f"{config['sgd_steps_per_call']} minibatches at a time, and there was no SGD at the "
-              "Bocconi recipe's weight decay, no coupled Lua variant, no weight norms, "
-              "scale-invariant traces or coupling. The rerun, into a fresh folder (resumable): "
+              f"Every optimizer under protocol {PROTOCOL}, seeds 0, 1, 2. "
+              f"{superseded_words(config)} The rerun, into a fresh folder (resumable): "
               f"`{RERUN}`."]
   elif todo:
     lines += ["", "## Missing", ""]
@@ -1073,7 +1315,7 @@ def markdown(report: dict[str, Any]) -> str:
               f"`{completion_command(report, [name])}`" for name, left in todo.items()]
     lines += ["", f"All of them: `{completion_command(report, list(todo))}` (it skips the finished "
               "end points)."]
-  return "\n".join(lines) + "\n"
+  return lines
 
 
 def write_report(report: dict[str, Any], out: pathlib.Path, figure: bool = True) -> None:
@@ -1147,7 +1389,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   report.update(
       command=command, machine=machine(),
       data=data["source"], out=benchmarks.repo_relative(args.out), data_dir=args.data_dir,
-      tolerance=args.tolerance,
       num_params=sum(p.size for p in jax.tree.leaves(params0)),
   )
 
