@@ -170,6 +170,20 @@ def test_defaults_are_the_authors_recipe_with_inner_nesterov_momentum():
   assert entropy_optax.entropy_sgd(1.0, inner_momentum=None).init(make_params()).momentum is None
 
 
+def test_every_factory_takes_the_inner_loop_arguments_with_local_entropys_defaults():
+  """The factories pass them on by name (transform.inner_loop_settings): one list."""
+  import inspect
+
+  from entropy_optax._src import transform
+
+  expected = inspect.signature(entropy_optax.local_entropy).parameters
+  for factory in (entropy_optax.entropy_sgd, entropy_optax.entropy_adam, entropy_optax.parle):
+    parameters = inspect.signature(factory).parameters
+    for name in transform.INNER_LOOP_ARGS:
+      assert parameters[name].kind is inspect.Parameter.KEYWORD_ONLY, (factory, name)
+      assert parameters[name].default == expected[name].default, (factory, name)
+
+
 @pytest.mark.parametrize("factory", ["entropy_sgd", "entropy_adam"])
 def test_a_momentum_of_zero_keeps_its_buffer_so_injected_and_static_states_match(factory):
   """optax's convention: None means no momentum, any number keeps a buffer."""

@@ -1,4 +1,9 @@
-"""Entropy-SGD and Entropy-Adam: thin aliases over :func:`local_entropy`."""
+"""Entropy-SGD and Entropy-Adam: thin aliases over :func:`local_entropy`.
+
+Each alias spells out every argument (its signature is its documentation, as
+optax's aliases do) and passes the inner loop's on by name
+(:func:`~entropy_optax._src.transform.inner_loop_settings`).
+"""
 
 from typing import Any, Optional, TypeAlias, Union
 
@@ -115,26 +120,18 @@ def entropy_sgd(
     Chaudhari et al., `Entropy-SGD: Biasing Gradient Descent Into Wide Valleys
     <https://arxiv.org/abs/1611.01838>`_, ICLR 2017.
   """
+  outer = outer_sgd(learning_rate, momentum, outer_nesterov)
+  return transform.local_entropy(outer, **transform.inner_loop_settings(locals()))
+
+
+def outer_sgd(learning_rate: ScalarOrSchedule, momentum: Optional[float],
+              outer_nesterov: bool) -> optax.GradientTransformation:
+  """The outer SGD of :func:`entropy_sgd` and of Parle's replicas, its arguments checked."""
   validation.check_non_negative("learning_rate", learning_rate)
   if momentum is not None:
     validation.check_unit_interval("momentum", momentum)
-  outer_nesterov = validation.check_bool("outer_nesterov", outer_nesterov)
-  return transform.local_entropy(
-      optax.sgd(learning_rate, momentum=momentum, nesterov=outer_nesterov),
-      inner_steps=inner_steps,
-      gamma=gamma,
-      langevin_lr=langevin_lr,
-      noise=noise,
-      mu_decay=mu_decay,
-      inner_momentum=inner_momentum,
-      nesterov=nesterov,
-      weight_decay=weight_decay,
-      scale_by_gamma=scale_by_gamma,
-      key=key,
-      inner=inner,
-      noise_generator=noise_generator,
-      unroll=unroll,
-  )
+  nesterov = validation.check_bool("outer_nesterov", outer_nesterov)
+  return optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov)
 
 
 def entropy_adam(
@@ -203,19 +200,5 @@ def entropy_adam(
   validation.check_unit_interval("b1", b1)
   validation.check_unit_interval("b2", b2)
   validation.check_non_negative("eps", eps)
-  return transform.local_entropy(
-      optax.adam(learning_rate, b1=b1, b2=b2, eps=eps),
-      inner_steps=inner_steps,
-      gamma=gamma,
-      langevin_lr=langevin_lr,
-      noise=noise,
-      mu_decay=mu_decay,
-      inner_momentum=inner_momentum,
-      nesterov=nesterov,
-      weight_decay=weight_decay,
-      scale_by_gamma=scale_by_gamma,
-      key=key,
-      inner=inner,
-      noise_generator=noise_generator,
-      unroll=unroll,
-  )
+  outer = optax.adam(learning_rate, b1=b1, b2=b2, eps=eps)
+  return transform.local_entropy(outer, **transform.inner_loop_settings(locals()))

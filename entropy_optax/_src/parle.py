@@ -6,12 +6,13 @@ replica axis of every leaf; its outer transform is SGD on
 replica axis, once per outer step.
 """
 
-from typing import Any, Callable, Optional, TypeAlias, Union
+from typing import Any, Callable, NamedTuple, Optional, TypeAlias, Union
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from entropy_optax._src import alias
 from entropy_optax._src import noise as noise_lib
 from entropy_optax._src import schedules
 from entropy_optax._src import state as state_lib
@@ -196,44 +197,21 @@ def parle(
   """
   n_replicas = validation.check_positive_int("n_replicas", n_replicas)
   inner_steps = validation.check_inner_steps(inner_steps, static=True)
-  validation.check_non_negative("learning_rate", learning_rate)
+  outer = alias.outer_sgd(learning_rate, momentum, outer_nesterov)
   validation.check_non_negative("rho", rho)
-  if momentum is not None:
-    validation.check_unit_interval("momentum", momentum)
-  outer_nesterov = validation.check_bool("outer_nesterov", outer_nesterov)
   validation.check_fraction("reference_lr", reference_lr)
-
-  replica_tx = transform.local_entropy(
-      optax.chain(
-          _elastic_coupling(),
-          optax.sgd(learning_rate, momentum=momentum, nesterov=outer_nesterov),
+  config = _ParleConfig(
+      replica_tx=transform.local_entropy(
+          optax.chain(_elastic_coupling(), outer), **transform.inner_loop_settings(locals())
       ),
+      n_replicas=n_replicas,
       inner_steps=inner_steps,
-      gamma=gamma,
-      langevin_lr=langevin_lr,
-      noise=noise,
-      mu_decay=mu_decay,
-      inner_momentum=inner_momentum,
-      nesterov=nesterov,
-      weight_decay=weight_decay,
-      scale_by_gamma=scale_by_gamma,
-      key=key,
-      inner=inner,
-      noise_generator=noise_generator,
-      unroll=unroll,
+      rho=rho,
+      reference_lr=reference_lr,
   )
 
-  move_reference = lambda reference, anchors: _move_reference(reference, anchors, reference_lr)
-
   def init_fn(params: optax.Params) -> ParleState:
-    validation.check_replicated("params", params, n_replicas)
-    replicas = jax.vmap(replica_tx.init)(params)
-    return ParleState(
-        count=jnp.zeros([], jnp.int32),
-        inner_count=jnp.zeros([], jnp.int32),
-        reference=jax.tree.map(lambda p: jnp.mean(p, axis=0).astype(p.dtype), params),
-        replicas=replicas._replace(key=_replica_keys(replicas.key[0], n_replicas)),
-    )
+    return _init(config, params)
 
   def update_fn(
       updates: optax.Updates,
@@ -245,57 +223,86 @@ def parle(
       carry: Any = None,
       **extra_args: Any,
   ) -> tuple[optax.Updates, ParleState]:
-    # Meant for one model's transform; each replica checks its own params.
-    extra_args.pop(validation.UNTRANSFORMED_GRADS, None)
-    extra_args.pop("full_params", None)
-    validation.check_params_given(params, "Parle")
-    validation.check_replicated("params", params, n_replicas)
-    validation.check_replicated("grads", updates, n_replicas)
-    fused = validation.check_mode_args(grad_fn, batches, carry, inner_steps)
-    extra_args[_COUPLING_ARG] = (schedules.evaluate(rho, state.count), state.reference)
-    if fused:
-      validation.check_replicated("batches", batches, n_replicas)
-      if carry is not None:
-        validation.check_replicated("carry", carry, n_replicas)
-      validation.check_not_mid_loop(state.inner_count, inner_steps)
-
-      def replica_update(g, s, p, b, c):
-        return replica_tx.update(g, s, p, grad_fn=grad_fn, batches=b, carry=c, **extra_args)
-
-      updates, replicas = jax.vmap(replica_update)(
-          updates, state.replicas, params, batches, carry
-      )
-      anchor = params
-    else:
-      interleaved_update = lambda g, s, p: replica_tx.update(g, s, p, **extra_args)
-      updates, replicas = jax.vmap(interleaved_update)(updates, state.replicas, params)
-      anchor = state.replicas.anchor
-    updates, replicas, abandoned = _in_step(
-        state.replicas, replicas, updates, params, anchor,
-        state.replicas.carry if carry is None else carry, fused,
-    )
-    finishes = (
-        jnp.asarray(True) if fused else state.inner_count == inner_steps - 1
-    ) & ~abandoned
-    if fused:
-      moved = move_reference(state.reference, replicas.anchor)
-      reference = tree_utils.select(finishes, moved, state.reference)
-    else:
-      # The cond keeps the replica-axis all-reduce out of the other L - 1
-      # step-interleaved calls (and out of abandoned ones).
-      reference = jax.lax.cond(
-          finishes,
-          lambda: move_reference(state.reference, replicas.anchor),
-          lambda: state.reference,
-      )
-    return updates, ParleState(
-        count=state.count + finishes.astype(jnp.int32),
-        inner_count=jnp.where(finishes | abandoned, 0, state.inner_count + 1).astype(jnp.int32),
-        reference=reference,
-        replicas=replicas,
-    )
+    return _update(config, updates, state, params, grad_fn, batches, carry, extra_args)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+class _ParleConfig(NamedTuple):
+  """The settings of one Parle transform, checked by :func:`parle`."""
+
+  replica_tx: optax.GradientTransformationExtraArgs
+  """One replica's transform: :func:`local_entropy` with the elastic coupling."""
+  n_replicas: int
+  inner_steps: int
+  rho: ScalarOrSchedule
+  reference_lr: float
+
+
+def _init(config: _ParleConfig, params: optax.Params) -> ParleState:
+  validation.check_replicated("params", params, config.n_replicas)
+  replicas = jax.vmap(config.replica_tx.init)(params)
+  return ParleState(
+      count=jnp.zeros([], jnp.int32),
+      inner_count=jnp.zeros([], jnp.int32),
+      reference=jax.tree.map(lambda p: jnp.mean(p, axis=0).astype(p.dtype), params),
+      replicas=replicas._replace(key=_replica_keys(replicas.key[0], config.n_replicas)),
+  )
+
+
+def _update(config: _ParleConfig, updates: optax.Updates, state: ParleState,
+            params: Optional[optax.Params], grad_fn: Optional[Callable[..., Any]],
+            batches: Any, carry: Any, extra_args: dict[str, Any]
+            ) -> tuple[optax.Updates, ParleState]:
+  """Every replica's update (vmapped), kept in step, then the reference's."""
+  # Meant for one model's transform; each replica checks its own params.
+  extra_args.pop(validation.UNTRANSFORMED_GRADS, None)
+  extra_args.pop("full_params", None)
+  validation.check_params_given(params, "Parle")
+  validation.check_replicated("params", params, config.n_replicas)
+  validation.check_replicated("grads", updates, config.n_replicas)
+  fused = validation.check_mode_args(grad_fn, batches, carry, config.inner_steps)
+  extra_args[_COUPLING_ARG] = (schedules.evaluate(config.rho, state.count), state.reference)
+  if fused:
+    validation.check_replicated("batches", batches, config.n_replicas)
+    if carry is not None:
+      validation.check_replicated("carry", carry, config.n_replicas)
+    validation.check_not_mid_loop(state.inner_count, config.inner_steps)
+
+    def replica_update(g, s, p, b, c):
+      return config.replica_tx.update(g, s, p, grad_fn=grad_fn, batches=b, carry=c, **extra_args)
+
+    updates, replicas = jax.vmap(replica_update)(updates, state.replicas, params, batches, carry)
+    anchor = params
+  else:
+    interleaved_update = lambda g, s, p: config.replica_tx.update(g, s, p, **extra_args)
+    updates, replicas = jax.vmap(interleaved_update)(updates, state.replicas, params)
+    anchor = state.replicas.anchor
+  updates, replicas, abandoned = _in_step(
+      state.replicas, replicas, updates, params, anchor,
+      state.replicas.carry if carry is None else carry, fused,
+  )
+  finishes = (
+      jnp.asarray(True) if fused else state.inner_count == config.inner_steps - 1
+  ) & ~abandoned
+  return updates, ParleState(
+      count=state.count + finishes.astype(jnp.int32),
+      inner_count=jnp.where(finishes | abandoned, 0, state.inner_count + 1).astype(jnp.int32),
+      reference=_next_reference(state.reference, replicas.anchor, finishes,
+                                config.reference_lr, fused),
+      replicas=replicas,
+  )
+
+
+def _next_reference(reference: optax.Params, anchors: optax.Params, finishes: jax.Array,
+                    reference_lr: float, fused: bool) -> optax.Params:
+  """The reference moved towards the replicas' mean where the outer step ``finishes``."""
+  move = lambda: _move_reference(reference, anchors, reference_lr)
+  if fused:
+    return tree_utils.select(finishes, move(), reference)
+  # The cond keeps the replica-axis all-reduce out of the other L - 1
+  # step-interleaved calls (and out of abandoned ones).
+  return jax.lax.cond(finishes, move, lambda: reference)
 
 
 def _move_reference(reference: optax.Params, anchors: optax.Params,

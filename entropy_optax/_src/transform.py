@@ -6,7 +6,8 @@ themselves are module-level functions of :mod:`entropy_optax._src.updates`.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, TypeAlias
+import inspect
+from typing import Any, Callable, Mapping, Optional, TypeAlias
 
 import jax
 import jax.numpy as jnp
@@ -222,6 +223,21 @@ def local_entropy(
     )
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# local_entropy's arguments after ``outer``: the inner loop's settings, which
+# every factory over it takes under the same names.
+INNER_LOOP_ARGS = tuple(inspect.signature(local_entropy).parameters)[1:]
+
+
+def inner_loop_settings(arguments: Mapping[str, Any]) -> dict[str, Any]:
+  """The inner loop's settings among a factory's ``arguments`` (its ``locals()``).
+
+  A factory over :func:`local_entropy` passes them on as
+  ``local_entropy(outer, **inner_loop_settings(locals()))``: one list of
+  names, :data:`INNER_LOOP_ARGS`, instead of a copy in every factory.
+  """
+  return {name: arguments[name] for name in INNER_LOOP_ARGS}
 
 
 def _check_config(outer, inner, inner_steps, gamma, langevin_lr, noise, mu_decay,

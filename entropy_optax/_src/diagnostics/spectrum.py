@@ -48,6 +48,21 @@ def _start_vector(key: jax.Array, like: jax.Array) -> jax.Array:
   return jax.random.rademacher(key, like.shape, like.dtype)
 
 
+def _lanczos_ritz(op: hvp.FlatOperator, key: jax.Array,
+                  num_steps: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Lanczos from a random start: T's eigenvalues and eigenvectors, and the basis.
+
+  The eigenvalues are the Ritz values, ascending; the basis (num_steps, n)
+  maps T's eigenvectors to Ritz vectors.
+  """
+  start_key, restart_key = jax.random.split(key)
+  result = lanczos_lib.lanczos(
+      op.matvec, _start_vector(start_key, op.flat_params), num_steps, restart_key
+  )
+  values, vectors = lanczos_lib.tridiagonal_eigh(result.alphas, result.betas)
+  return values, vectors, result.basis
+
+
 def hessian_eigenpairs(
     loss_fn: hvp.LossFn,
     params: Any,
@@ -97,13 +112,9 @@ def hessian_eigenpairs(
   num_steps = min(num_steps, op.flat_params.shape[0])
   if not 1 <= k <= num_steps:
     raise ValueError(f"k must be in [1, min(num_steps, n) = {num_steps}], got {k}.")
-  start_key, restart_key = jax.random.split(key)
-  result = lanczos_lib.lanczos(
-      op.matvec, _start_vector(start_key, op.flat_params), num_steps, restart_key
-  )
-  values, vectors = lanczos_lib.tridiagonal_eigh(result.alphas, result.betas)
+  values, vectors, basis = _lanczos_ritz(op, key, num_steps)
   order = jnp.arange(num_steps)[::-1][:k] if which == "largest" else jnp.arange(k)
-  ritz_vectors = (result.basis.T @ vectors[:, order]).T
+  ritz_vectors = (basis.T @ vectors[:, order]).T
   return Eigenpairs(values[order], jax.vmap(op.unravel)(ritz_vectors))
 
 
@@ -211,10 +222,7 @@ def hessian_spectral_density(
   num_steps = min(num_steps, op.flat_params.shape[0])
 
   def one_run(run_key):
-    start_key, restart_key = jax.random.split(run_key)
-    start = _start_vector(start_key, op.flat_params)
-    result = lanczos_lib.lanczos(op.matvec, start, num_steps, restart_key)
-    values, vectors = lanczos_lib.tridiagonal_eigh(result.alphas, result.betas)
+    values, vectors, _ = _lanczos_ritz(op, run_key, num_steps)
     return values, vectors[0] ** 2
 
   nodes, weights = jax.lax.map(one_run, jax.random.split(key, num_runs))
