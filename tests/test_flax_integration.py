@@ -7,6 +7,7 @@ import numpy as np
 import optax
 from flax import nnx
 from flax.training import train_state
+import pytest
 
 import entropy_optax
 import entropy_optax.flax
@@ -173,20 +174,43 @@ def test_linen_train_state_apply_gradients_runs_step_interleaved_mode_and_linen_
                       entropy_optax.anchor_params(ref_state))
 
 
-def test_linen_fused_apply_gradients_equals_the_fused_transform():
+def test_linen_fused_apply_gradients_takes_the_L_minibatches_and_equals_the_fused_transform():
   net, params, batches, loss = _linen_problem()
   state = train_state.TrainState.create(apply_fn=net.apply, params=params, tx=_tx())
 
   @jax.jit
-  def outer_step(state, chunk):
-    first = harness.take(chunk, 0)
+  def outer_step(state, chunk):  # chunk: all L minibatches, as make_train_step takes them
     return entropy_optax.flax.linen_fused_apply_gradients(
-        state, grads=jax.grad(loss)(state.params, first), grad_fn=jax.grad(loss),
-        batches=jax.tree.map(lambda a: a[1:], chunk),
-    )
+        state, grad_fn=jax.grad(loss), batches=chunk)
 
   for t in range(2):
     state = outer_step(state, jax.tree.map(lambda a: a[t * L:(t + 1) * L], batches))
   expected, _ = harness.run_fused(_tx(), params, batches, L, loss=loss)
   _assert_trees_close(state.params, expected)
   assert int(state.step) == 2
+
+
+def test_linen_fused_apply_gradients_threads_the_carry_from_the_first_minibatch_on():
+  """The carry sees all L minibatches; the final one is stored in the state."""
+  net, params, batches, loss = _linen_problem()
+  state = train_state.TrainState.create(apply_fn=net.apply, params=params, tx=_tx())
+  state = state.replace(opt_state=entropy_optax.replace_carry(state.opt_state, jnp.int32(0)))
+  counting = lambda p, batch, calls: (jax.grad(loss)(p, batch), calls + 1)
+  step = jax.jit(lambda s, chunk: entropy_optax.flax.linen_fused_apply_gradients(
+      s, grad_fn=counting, batches=chunk, carry=jnp.int32(0)))
+  state = step(state, jax.tree.map(lambda a: a[:L], batches))
+  assert int(entropy_optax.find_state(state.opt_state).carry) == L
+  expected, _ = harness.run_fused(_tx(), params, batches, L, loss=loss, outer_steps=1)
+  _assert_trees_close(state.params, expected)
+
+
+def test_linen_fused_apply_gradients_names_the_0_3_change_when_given_the_old_form():
+  net, params, batches, loss = _linen_problem()
+  state = train_state.TrainState.create(apply_fn=net.apply, params=params, tx=_tx())
+  first, rest = harness.take(batches, 0), jax.tree.map(lambda a: a[1:L], batches)
+  with pytest.raises(TypeError, match="takes no grads since entropy_optax 0.3"):
+    entropy_optax.flax.linen_fused_apply_gradients(
+        state, grads=jax.grad(loss)(params, first), grad_fn=jax.grad(loss), batches=rest)
+  # The old form's L - 1 minibatches alone: the count is restated in the new terms.
+  with pytest.raises(ValueError, match=f"inner_steps = {L} minibatches, the first included"):
+    entropy_optax.flax.linen_fused_apply_gradients(state, grad_fn=jax.grad(loss), batches=rest)

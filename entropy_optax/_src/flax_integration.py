@@ -13,11 +13,11 @@ from flax import nnx
 from flax.training import train_state
 import jax
 import jax.numpy as jnp
-import optax
 
 from entropy_optax._src import fused_step
 from entropy_optax._src import validation
 from entropy_optax._src.state import anchor_params
+from entropy_optax._src.state import replace_carry
 
 
 def _param_filter(wrt: Any) -> Any:
@@ -231,26 +231,34 @@ def linen_at_anchor(state: train_state.TrainState) -> train_state.TrainState:
 def linen_fused_apply_gradients(
     state: train_state.TrainState,
     *,
-    grads: Any,
     grad_fn: Callable[..., Any],
     batches: Any,
     carry: Optional[Any] = None,
+    grads: Any = None,
 ) -> train_state.TrainState:
-  """``TrainState.apply_gradients`` for fused mode: one outer step.
+  """``TrainState.apply_gradients`` for fused mode: one outer step over L minibatches.
 
   ``TrainState.apply_gradients`` passes no extra arguments to ``tx.update``,
-  so it only runs step-interleaved mode. This is its fused twin: it passes
-  ``grad_fn``, ``batches`` (and ``carry``) on, applies the updates and counts
-  one step. The returned params are the anchor.
+  so it only runs step-interleaved mode. This is its fused twin: like
+  :func:`entropy_optax.make_train_step` and :func:`nnx_fused_update`, it takes
+  the ``inner_steps`` minibatches of one outer step, computes the gradient at
+  ``state.params`` (the anchor) on the first, runs the others through
+  ``tx.update``'s ``grad_fn`` and ``batches`` (and ``carry``), applies the
+  updates and counts one step. The returned params are the anchor. Wrappers
+  that fused steps cannot run under are refused by name, as there.
 
   Args:
     state: a Flax ``TrainState`` whose ``tx`` is an Entropy-SGD transform.
-    grads: the gradient at ``state.params`` on the first minibatch.
     grad_fn: ``grad_fn(params, batch) -> grads``, or with ``carry``
-      ``grad_fn(params, batch, carry) -> (grads, carry)``.
-    batches: the other ``inner_steps - 1`` minibatches, stacked.
-    carry: mutable model state to thread through ``grad_fn``; read the final
-      one with :func:`entropy_optax.fused_carry` on ``state.opt_state``.
+      ``grad_fn(params, batch, carry) -> (grads, carry)``; called on every
+      minibatch, the first included.
+    batches: the ``inner_steps`` minibatches of the outer step, stacked along
+      the leading axis of every leaf.
+    carry: mutable model state to thread through the ``grad_fn`` calls; the
+      final one is stored in the state, where
+      ``entropy_optax.find_state(state.opt_state).carry`` reads it.
+    grads: removed in 0.3, when the step began computing the first gradient
+      itself; passing it raises a ``TypeError`` that says so.
 
   Returns:
     The new ``TrainState``.
@@ -262,20 +270,45 @@ def linen_fused_apply_gradients(
     >>> state = train_state.TrainState.create(
     ...     apply_fn=None, params={"w": jnp.zeros(2)},
     ...     tx=entropy_optax.entropy_sgd(1.0, inner_steps=3, noise=0.0))
-    >>> batches = jnp.ones((3, 2))
+    >>> batches = jnp.ones((3, 2))  # L = 3 minibatches
     >>> state = entropy_optax.flax.linen_fused_apply_gradients(
-    ...     state, grads=jax.grad(loss)(state.params, batches[0]),
-    ...     grad_fn=jax.grad(loss), batches=batches[1:])
+    ...     state, grad_fn=jax.grad(loss), batches=batches)
     >>> int(state.step), bool(jnp.all(state.params["w"] > 0))
     (1, True)
   """
-  extra = {} if carry is None else {"carry": carry}
-  updates, opt_state = state.tx.update(
-      grads, state.opt_state, state.params, grad_fn=grad_fn, batches=batches,
-      full_params=state.params, **{validation.UNTRANSFORMED_GRADS: grads}, **extra
+  if grads is not None:
+    raise TypeError(
+        "linen_fused_apply_gradients takes no grads since entropy_optax 0.3: it "
+        "computes the gradient on the first minibatch itself, as make_train_step and "
+        "nnx_fused_update do. Pass all inner_steps minibatches, the first included: "
+        "linen_fused_apply_gradients(state, grads=g, grad_fn=f, batches=rest) becomes "
+        "linen_fused_apply_gradients(state, grad_fn=f, batches=all_batches)."
+    )
+  out = fused_step.fused_outer_step(
+      state.tx, state.params, state.opt_state, _linen_evaluate(grad_fn, carry is not None),
+      batches, carry, has_aux=False, caller="linen_fused_apply_gradients",
   )
-  return state.replace(
-      step=state.step + 1,
-      params=optax.apply_updates(state.params, updates),
-      opt_state=opt_state,
-  )
+  opt_state = out.opt_state
+  if carry is not None:
+    opt_state = replace_carry(opt_state, out.model_state)
+  return state.replace(step=state.step + 1, params=out.params, opt_state=opt_state)
+
+
+def _linen_evaluate(grad_fn: Callable[..., Any], threads_carry: bool) -> fused_step.Evaluate:
+  """``grad_fn`` as the fused step's ``evaluate``, the carry as its model state.
+
+  ``grad_fn`` returns no loss: the loss the step sums is zero, and its
+  metrics are not returned.
+  """
+
+  def evaluate(params, carry, batch):
+    if threads_carry:
+      out = grad_fn(params, batch, carry)
+      validation.check_grad_fn_pair(out)
+      grads, carry = out
+    else:
+      grads = grad_fn(params, batch)
+    validation.check_grad_fn_output(grads, params)
+    return (jnp.zeros((), jnp.float32), None), grads, carry
+
+  return evaluate

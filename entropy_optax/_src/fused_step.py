@@ -1,7 +1,11 @@
 """One fused outer step over L stacked minibatches: the core of the train steps.
 
-:func:`fused_outer_step` is shared by :func:`~entropy_optax.make_train_step`
-and :func:`entropy_optax.flax.nnx_fused_update`. It owns the carry: it threads
+:func:`fused_outer_step` is shared by :func:`~entropy_optax.make_train_step`,
+:func:`entropy_optax.flax.nnx_fused_update` and
+:func:`entropy_optax.flax.linen_fused_apply_gradients`: the one place where a
+high-level helper takes the L minibatches of an outer step and computes the
+first gradient itself (``tx.update`` takes that gradient and the other L - 1,
+as optax's signature has it). It owns the carry: it threads
 ``(model_state, loss sum, aux sum)`` through the transform's ``carry=``
 contract, reads the final one and leaves the state's carry slot as it found it.
 """
@@ -38,7 +42,8 @@ def restating_batch_count(batches: Any, caller: str) -> Iterator[None]:
     path, leaf = jax.tree_util.tree_leaves_with_path(batches)[0]
     raise ValueError(
         f"{caller} takes one outer step of inner_steps = {inner_steps} "
-        f"minibatches, stacked along the leading axis of every leaf of "
+        "minibatches, the first included (it computes the gradient on the first "
+        "itself), stacked along the leading axis of every leaf of "
         f"batches, but batches{jax.tree_util.keystr(path)} has shape "
         f"{np.shape(leaf)}: {np.shape(leaf)[0]} minibatches. Pass "
         f"{inner_steps} (e.g. reshape the data to ({inner_steps}, batch_size, "
