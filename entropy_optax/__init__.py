@@ -1,13 +1,14 @@
 """entropy_optax: Entropy-SGD (Chaudhari et al., ICLR 2017) as an optax transform.
 
-Three layers, visible from the imports:
+Three layers, visible from the imports (every public name, one line each:
+``docs/api.md``):
 
 * ``entropy_optax``, the optimizers and their helpers (jax and optax only):
   :func:`entropy_sgd`, :func:`entropy_adam`, :func:`local_entropy` (around any
   outer optax transform), :func:`scoping`, the state :class:`EntropySGDState`
-  and its readers :func:`anchor_params`, :func:`find_state`,
-  :func:`fused_carry`, :func:`replace_carry`, :func:`is_entropy_state`;
-  :func:`make_train_step`; Parle: :func:`parle`, :class:`ParleState`,
+  with :func:`find_state` (it inside any wrapper), :func:`anchor_params` (its
+  anchor, the weights to evaluate) and :func:`replace_carry` (its carry slot
+  seeded); :func:`make_train_step`; Parle: :func:`parle`, :class:`ParleState`,
   :func:`reference_params`, :func:`replicate`.
 * :mod:`entropy_optax.flax`: the Flax NNX and Linen integrations (the only
   module that imports flax).
@@ -31,8 +32,6 @@ from entropy_optax._src.schedules import scoping
 from entropy_optax._src.state import EntropySGDState
 from entropy_optax._src.state import anchor_params
 from entropy_optax._src.state import find_state
-from entropy_optax._src.state import fused_carry
-from entropy_optax._src.state import is_entropy_state
 from entropy_optax._src.state import replace_carry
 from entropy_optax._src.train_step import make_train_step
 from entropy_optax._src.transform import local_entropy
@@ -50,8 +49,6 @@ __all__ = (
     "entropy_adam",
     "entropy_sgd",
     "find_state",
-    "fused_carry",
-    "is_entropy_state",
     "local_entropy",
     "make_train_step",
     "parle",

@@ -126,7 +126,7 @@ def fused_case() -> Case:
     )
     first = jax.tree.map(lambda a: a[0], chunk)
     rest = jax.tree.map(lambda a: a[1:], chunk)
-    grads, shift = _grad_fn(params, first, entropy_optax.fused_carry(state))
+    grads, shift = _grad_fn(params, first, entropy_optax.find_state(state).carry)
     updates, state = tx.update(
         grads, state, params, grad_fn=_grad_fn, batches=rest, carry=shift
     )

@@ -155,4 +155,4 @@ def test_a_fused_carry_restores_into_a_target_whose_carry_slot_is_seeded(fmt, tm
   target = tx.init(params)._replace(carry=stats)
   restored = resume_run.restore(fmt, tmp_path / "checkpoint", target)
   _assert_trees_identical(restored, state)
-  np.testing.assert_array_equal(entropy_optax.fused_carry(restored)["var"], 2.0)
+  np.testing.assert_array_equal(entropy_optax.find_state(restored).carry["var"], 2.0)

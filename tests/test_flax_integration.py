@@ -139,7 +139,7 @@ def test_nnx_fused_update_threads_batchnorm_and_dropout_like_interleaved_steps()
   np.testing.assert_allclose(metrics["loss"], np.mean(losses), rtol=1e-5)
   np.testing.assert_allclose(metrics["aux"], 16.0)
   assert int(fused_opt.opt_state.count[...]) == 1
-  assert entropy_optax.fused_carry(nnx.as_pure(fused_opt.opt_state)) is None
+  assert entropy_optax.find_state(nnx.as_pure(fused_opt.opt_state)).carry is None
   # The next call compiles nothing new and trains on.
   metrics = step(fused_model, fused_opt, loss_fn=_ce_loss, batches=batches, has_aux=True)
   assert int(fused_opt.opt_state.count[...]) == 2 and np.isfinite(metrics["loss"])

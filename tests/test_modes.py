@@ -126,7 +126,7 @@ def test_fused_mode_threads_batchnorm_statistics_and_dropout_keys_through_grad_f
       lambda g, s, p, c: tx.update(g, s, p, grad_fn=grad_fn, batches=rest, carry=c)
   )(grads, state, params, stats)
   fused_params = optax.apply_updates(params, updates)
-  fused_stats = entropy_optax.fused_carry(state)
+  fused_stats = entropy_optax.find_state(state).carry
 
   # Interleaved: the user threads the statistics by hand.
   p, s, st = params, tx.init(params), stats0
@@ -154,7 +154,7 @@ def test_fused_mode_with_carry_compiles_once_when_the_state_is_seeded():
   @jax.jit
   def step(params, state):
     traces.append(1)
-    stats = entropy_optax.fused_carry(state)
+    stats = entropy_optax.find_state(state).carry
     grads, stats = grad_fn(params, harness.take(batches, 0), stats)
     rest = jax.tree.map(lambda a: a[1:], batches)
     updates, state = tx.update(grads, state, params, grad_fn=grad_fn, batches=rest, carry=stats)

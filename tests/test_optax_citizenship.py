@@ -179,7 +179,7 @@ def test_anchor_params_inside_inject_hyperparams():
 def test_replace_carry_seeds_the_slot_inside_wrappers_and_refuses_foreign_states():
   tx = optax.chain(optax.clip(1.0), entropy_optax.entropy_sgd(0.1))
   state = entropy_optax.replace_carry(tx.init(jnp.ones(2)), jnp.arange(3.0))
-  np.testing.assert_array_equal(entropy_optax.fused_carry(state), jnp.arange(3.0))
+  np.testing.assert_array_equal(entropy_optax.find_state(state).carry, jnp.arange(3.0))
   with pytest.raises(ValueError, match="EntropySGDState"):
     entropy_optax.replace_carry(optax.adam(0.1).init(jnp.ones(2)), jnp.zeros(3))
 

@@ -56,15 +56,7 @@ class ParleState(NamedTuple):
   value), all do, and each one's ``skipped`` counts it."""
 
 
-def is_entropy_state(node: Any) -> bool:
-  """True when ``node`` is an :class:`EntropySGDState`: the one test the package uses.
-
-  Examples:
-    >>> import jax.numpy as jnp, entropy_optax
-    >>> state = entropy_optax.entropy_sgd(1.0).init(jnp.ones(2))
-    >>> entropy_optax.is_entropy_state(state), entropy_optax.is_entropy_state(())
-    (True, False)
-  """
+def _is_entropy_state(node: Any) -> bool:
   return isinstance(node, EntropySGDState)
 
 
@@ -93,14 +85,18 @@ def find_one(opt_state: optax.OptState, state_type: type, made_by: str) -> Any:
 
 def holds_entropy_state(opt_state: optax.OptState) -> bool:
   """True when ``opt_state`` holds an :class:`EntropySGDState` anywhere."""
-  return bool(find_all(opt_state, is_entropy_state))
+  return bool(find_all(opt_state, _is_entropy_state))
 
 
 def find_state(opt_state: optax.OptState) -> EntropySGDState:
   """The single :class:`EntropySGDState` inside ``opt_state``.
 
   Searches any pytree of states: ``optax.chain``, ``inject_hyperparams``,
-  ``apply_if_finite``, ``MultiSteps`` and the like.
+  ``apply_if_finite``, ``MultiSteps`` and the like. Read what you need from
+  its fields: ``count`` and ``skipped`` to log, ``carry`` for the carry the
+  last fused call's ``grad_fn`` returned (mutable model state such as
+  BatchNorm statistics; None before the first such call), ``anchor`` (also
+  :func:`anchor_params`).
 
   Raises:
     ValueError: if ``opt_state`` holds no Entropy-SGD state, or several.
@@ -111,6 +107,16 @@ def find_state(opt_state: optax.OptState) -> EntropySGDState:
     >>> state = tx.init(jnp.ones(2))
     >>> int(entropy_optax.find_state(state).inner_count)
     0
+
+    The carry of a fused call that threads one:
+
+    >>> tx = entropy_optax.entropy_sgd(0.1, inner_steps=3)
+    >>> params = jnp.ones(2)
+    >>> count_calls = lambda p, batch, calls: (p, calls + 1)  # grads, new carry
+    >>> _, state = tx.update(params, tx.init(params), params, grad_fn=count_calls,
+    ...                      batches=jnp.zeros(2), carry=jnp.int32(1))
+    >>> int(entropy_optax.find_state(state).carry)
+    3
   """
   return find_one(opt_state, EntropySGDState, "entropy_sgd, entropy_adam or local_entropy")
 
@@ -126,14 +132,14 @@ def replace_carry(opt_state: optax.OptState, carry: Any) -> optax.OptState:
     >>> import jax.numpy as jnp, optax, entropy_optax
     >>> tx = optax.chain(optax.clip(1.0), entropy_optax.entropy_sgd(0.1))
     >>> state = entropy_optax.replace_carry(tx.init(jnp.ones(2)), {"mean": jnp.zeros(3)})
-    >>> entropy_optax.fused_carry(state)["mean"].shape
+    >>> entropy_optax.find_state(state).carry["mean"].shape
     (3,)
   """
   find_state(opt_state)
   return jax.tree.map(
-      lambda node: node._replace(carry=carry) if is_entropy_state(node) else node,
+      lambda node: node._replace(carry=carry) if _is_entropy_state(node) else node,
       opt_state,
-      is_leaf=is_entropy_state,
+      is_leaf=_is_entropy_state,
   )
 
 
@@ -156,24 +162,3 @@ def anchor_params(opt_state: optax.OptState) -> optax.Params:
     Array([1., 1.], dtype=float32)
   """
   return find_state(opt_state).anchor
-
-
-def fused_carry(opt_state: optax.OptState) -> Any:
-  """The carry that the last fused ``update`` call's ``grad_fn`` returned.
-
-  Fused mode with ``carry=c`` threads ``c`` (mutable model state such as
-  BatchNorm statistics) through every ``grad_fn(walker, batch, carry)``
-  call of the inner loop and stores the final one in the state. None before
-  the first such call.
-
-  Examples:
-    >>> import jax, jax.numpy as jnp, entropy_optax
-    >>> tx = entropy_optax.entropy_sgd(0.1, inner_steps=3)
-    >>> params = jnp.ones(2)
-    >>> count_calls = lambda p, batch, calls: (p, calls + 1)  # grads, new carry
-    >>> _, state = tx.update(params, tx.init(params), params, grad_fn=count_calls,
-    ...                      batches=jnp.zeros(2), carry=jnp.int32(1))
-    >>> int(entropy_optax.fused_carry(state))
-    3
-  """
-  return find_state(opt_state).carry

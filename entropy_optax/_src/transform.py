@@ -67,7 +67,7 @@ def local_entropy(
     called as ``grad_fn(walker, batch, carry) -> (grads, carry)``: thread
     mutable model state (BatchNorm statistics) through it, and put per-step
     randomness (dropout keys) in ``batches``. The final carry is stored in
-    the state (:func:`entropy_optax.fused_carry` reads it). The scan runs in
+    the state (``entropy_optax.find_state(state).carry`` reads it). The scan runs in
     the buffers of the state's anchor, mu and momentum (it never reads
     their values): jit the step with the state donated and it needs about
     one params' worth of temporaries. ``batches`` can be minibatch indices
