@@ -57,7 +57,7 @@ demo: install
 	    && $(APT_GET) install -y -qq dataset-fashion-mnist >/dev/null \
 	    || echo "note: apt-get could not install dataset-fashion-mnist; the demo looks elsewhere"; \
 	fi
-	$(PY) benchmarks/demo.py $(DEMO_ARGS)
+	$(PY) -m benchmarks.demo $(DEMO_ARGS)
 
 # The documentation site (Sphinx, myst-nb, furo): warnings are errors. docs-doctest runs
 # every {testcode}/{doctest} example of the pages. Neither needs the network: MathJax ships with

@@ -1,11 +1,13 @@
 """The demo and the benchmarks of entropy_optax; not part of the installed package.
 
-Run a script from the repository root as ``python benchmarks/NAME.py`` (``make demo`` runs
-``benchmarks/demo.py``). The modules they share, :mod:`benchmarks.datasets` (IDX, CIFAR-10 and
-text readers) and :mod:`benchmarks.models` (the paper's Flax networks), are imported as
-``from benchmarks import datasets, models``; a script that does so first puts the repository
-root on ``sys.path`` when it runs as a file, so ``python -m benchmarks.NAME`` works for it too,
-and the tests import it as ``from benchmarks import NAME``.
+Every script runs as a module from the repository root, ``python -m benchmarks.NAME``
+(``make demo`` runs ``python -m benchmarks.demo``); ``benchmarks/README.md`` lists them, the
+question each answers, its result files and its runtime. The modules they share are imported
+as ``from benchmarks import NAME``: the data (:mod:`benchmarks.datasets`), the networks
+(:mod:`benchmarks.models` in Flax, :mod:`benchmarks.nets` in plain JAX), how to time
+(:mod:`benchmarks.timing`), where a record came from (:mod:`benchmarks.provenance`), the
+verdict rule (:mod:`benchmarks.stats`, :mod:`benchmarks.reports`) and how results are written
+(:mod:`benchmarks.writing`). The tests import the scripts the same way.
 """
 
 import os as _os

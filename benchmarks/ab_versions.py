@@ -12,7 +12,7 @@ and state donated) as multiples of the parameter bytes.
 
 Usage::
 
-  python benchmarks/ab_versions.py --ref eb2b279 --inner-steps 5 20 --repeats 40
+  python -m benchmarks.ab_versions --ref eb2b279 --inner-steps 5 20 --repeats 40
 
 ``--new REF`` compares two commits (the new one imported the same way, as
 ``entropy_optax_new``) instead of the working tree against one.
@@ -23,25 +23,26 @@ from __future__ import annotations
 import argparse
 import difflib
 import hashlib
-import importlib
+import importlib.util
 import pathlib
 import re
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
+from types import ModuleType
 
 import jax
 import jax.numpy as jnp
 
-import speed
+from benchmarks import nets
+from benchmarks import timing
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def import_ref(ref: str, folder: pathlib.Path, name: str = "entropy_optax_ref"):
-  """The package as of git ``ref``, importable as ``name``."""
+def import_ref(ref: str, folder: pathlib.Path, name: str = "entropy_optax_ref") -> ModuleType:
+  """The package as of git ``ref``, imported as ``name`` from a copy under ``folder``."""
   folder = folder / name
   folder.mkdir()
   archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "entropy_optax"],
@@ -52,8 +53,14 @@ def import_ref(ref: str, folder: pathlib.Path, name: str = "entropy_optax_ref"):
   for path in package.rglob("*.py"):
     text = path.read_text()
     path.write_text(text.replace("entropy_optax", name))
-  sys.path.insert(0, str(folder))
-  return importlib.import_module(name)
+  # Registered under its own name, its submodules resolve against its folder: no sys.path entry.
+  spec = importlib.util.spec_from_file_location(name, package / "__init__.py",
+                                                submodule_search_locations=[str(package)])
+  assert spec is not None and spec.loader is not None
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[name] = module
+  spec.loader.exec_module(module)
+  return module
 
 
 def normalized_program(compiled) -> list[str]:
@@ -86,33 +93,26 @@ def main(argv=None) -> None:
     ref = import_ref(args.ref, pathlib.Path(tmp))
     new = None if args.new is None else import_ref(args.new, pathlib.Path(tmp), "entropy_optax_new")
     new_name = "new" if args.new is None else f"new {args.new}"
-    init, apply = speed.MODELS["mnistfc"]
-    loss = speed.make_loss(apply)
+    init, apply = nets.NETS["mnistfc"]
+    loss = nets.cross_entropy(apply)
     params = init(jax.random.key(0))
-    param_bytes = speed.tree_bytes(params)
+    param_bytes = nets.tree_bytes(params)
     for inner_steps in args.inner_steps:
-      batches = jax.tree.map(jnp.asarray, speed.make_batches(inner_steps))
-      sgd_tx, sgd_run = speed.sgd_candidate(loss, inner_steps)
-      candidates = {"sgd": (sgd_tx, sgd_run)}
-      for noise, suffix in ((speed.NOISE, ""), (0.0, " noise 0")):
-        candidates[f"ref {args.ref}{suffix}"] = speed.entropy_candidate(
+      batches = jax.tree.map(jnp.asarray, nets.random_batches(inner_steps))
+      candidates = {"sgd": timing.sgd_candidate(loss, inner_steps)}
+      for noise, suffix in ((timing.NOISE, ""), (0.0, " noise 0")):
+        candidates[f"ref {args.ref}{suffix}"] = timing.entropy_candidate(
             loss, inner_steps, module=ref, noise=noise)
-        candidates[f"{new_name}{suffix}"] = speed.entropy_candidate(
+        candidates[f"{new_name}{suffix}"] = timing.entropy_candidate(
             loss, inner_steps, noise=noise, **({} if new is None else {"module": new}))
       calls, temps, prints = {}, {}, {}
       for name, (tx, run) in candidates.items():
         state = tx.init(params)
-        donated = jax.jit(run, donate_argnums=(0, 1)).lower(params, state, batches).compile()
+        donated = timing.compile_donated(run, params, state, batches)
         temps[name] = donated.memory_analysis().temp_size_in_bytes / param_bytes
         prints[name] = normalized_program(donated)
-        calls[name] = (jax.jit(run), state)
-        jax.block_until_ready(calls[name][0](params, state, batches))
-      times = {name: [] for name in calls}
-      for _ in range(args.repeats):
-        for name, (fn, state) in calls.items():
-          start = time.perf_counter()
-          jax.block_until_ready(fn(params, state, batches))
-          times[name].append(time.perf_counter() - start)
+        calls[name] = lambda f=jax.jit(run), s=state: f(params, s, batches)
+      times = timing.alternate(calls, args.repeats)
       print(f"mnistfc, L = {inner_steps}, {args.repeats} repetitions:")
       for name, ts in times.items():
         ratio = statistics.median(t / s for t, s in zip(ts, times["sgd"]))

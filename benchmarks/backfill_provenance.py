@@ -33,24 +33,20 @@ What is proven, file by file:
   its end-point count equals the runs'), so the file's ``machine`` (CPU,
   cores, jax, backend, Python) and the invocation's command hold for each.
 
-    python benchmarks/backfill_provenance.py            # rewrite the five files
-    python benchmarks/backfill_provenance.py --check    # exit 1 if a file would change
+    python -m benchmarks.backfill_provenance            # rewrite the five files
+    python -m benchmarks.backfill_provenance --check    # exit 1 if a file would change
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import pathlib
 import re
 import subprocess
 import sys
 from typing import Any, Callable, Optional, Sequence
 
-if not __package__:  # run as a script: make the package `benchmarks` importable
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-
-from benchmarks import provenance  # noqa: E402
+from benchmarks import provenance
 
 REPO = provenance.REPO
 RESULTS = "benchmarks/results"

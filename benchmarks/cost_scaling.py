@@ -6,8 +6,7 @@ widths chosen for about 1e5, 1e6, 1e7 and 1e8 of them), this measures per
 
 1. time per gradient evaluation of the fused Entropy-SGD outer step
    (``entropy_sgd(1.0, inner_steps=L, momentum=0.9)``, the paper's noise 1e-4,
-   minibatches scanned by index as ``benchmarks/speed.py``'s
-   ``entropy_candidate`` does) over optax SGD-Nesterov taking the same L steps
+   minibatches scanned by index: ``benchmarks.timing.entropy_candidate``) over optax SGD-Nesterov taking the same L steps
    in one jitted ``lax.scan``; both compiled once with params and state
    donated, each call's outputs fed to the next; run alternately in one
    process (E S E S ...), the reported ratio is the median over repetitions of
@@ -33,8 +32,8 @@ skipped and reported as such.
 
 Usage::
 
-  python benchmarks/cost_scaling.py                 # the full sweep, to benchmarks/results/
-  python benchmarks/cost_scaling.py --quick --out /tmp/cost   # tiny sizes, a smoke test
+  python -m benchmarks.cost_scaling                 # the full sweep, to benchmarks/results/
+  python -m benchmarks.cost_scaling --quick --out /tmp/cost   # tiny sizes, a smoke test
 """
 
 from __future__ import annotations
@@ -43,12 +42,8 @@ import argparse
 import datetime
 import json
 import math
-import os
 import pathlib
-import platform
-import shlex
 import statistics
-import subprocess
 import sys
 import time
 from typing import Any, Callable
@@ -57,18 +52,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import entropy_optax
-
-if not __package__:  # run as `python benchmarks/cost_scaling.py`: make `benchmarks` importable
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-
-from benchmarks import speed  # noqa: E402
+from benchmarks import nets
+from benchmarks import provenance
+from benchmarks import writing
+from benchmarks import timing
 
 HERE = pathlib.Path(__file__).resolve().parent
 DEFAULT_OUT = str(HERE / "results")
 NAME = "cost_scaling"
 IN, OUT_DIM = 784, 10
-NOISE = 1e-4  # the paper's
+NOISE = timing.NOISE
 LANGEVIN_ARRAYS = 8  # reads x', x, g, m, mu; writes x', m, mu
 SGD_ARRAYS = 5  # reads p, g, m; writes p, m
 OUTER_ARRAYS = 5  # once per outer step: reads x, mu, trace; writes x, trace
@@ -106,15 +99,6 @@ def width_for(target: float) -> int:
   root = (-b + math.sqrt(b * b + 4 * max(target - OUT_DIM, 0))) / 2
   candidates = {max(1, math.floor(root)), max(1, math.ceil(root))}
   return min(sorted(candidates), key=lambda w: abs(param_count(w) - target))
-
-
-def init_mlp(key: jax.Array, width: int) -> list[dict[str, jax.Array]]:
-  sizes = (IN, width, width, OUT_DIM)
-  keys = jax.random.split(key, len(sizes) - 1)
-  return [
-      {"w": jax.random.normal(k, (a, b)) / np.sqrt(a), "b": jnp.zeros(b)}
-      for k, a, b in zip(keys, sizes[:-1], sizes[1:], strict=True)
-  ]
 
 
 def fresh_copy(tree: Any) -> Any:
@@ -171,7 +155,7 @@ def probe_grad_seconds(loss, params, batches) -> float:
   grad = jax.jit(jax.grad(loss))
   first = jax.tree.map(lambda a: a[0], batches)
   jax.block_until_ready(grad(params, first))
-  return min(speed.time_call(lambda: grad(params, first)) for _ in range(2))
+  return min(timing.time_call(lambda: grad(params, first)) for _ in range(2))
 
 
 def available_bytes() -> int | None:
@@ -200,10 +184,10 @@ def measure_cell(width: int, inner_steps: int, args,
                  get_bandwidth: Callable[[], dict[str, Any]]) -> dict[str, Any]:
   """One (size, L) cell; ``get_bandwidth()`` measures the bandwidth on its first call."""
   count = param_count(width)
-  loss = speed.make_loss(speed.apply_mnistfc)
-  params = init_mlp(jax.random.key(0), width)
-  param_bytes = speed.tree_bytes(params)
-  batches = jax.tree.map(jnp.asarray, speed.make_batches(inner_steps))
+  loss = nets.cross_entropy(nets.apply_mlp)
+  params = nets.init_mlp(jax.random.key(0), (IN, width, width, OUT_DIM))
+  param_bytes = nets.tree_bytes(params)
+  batches = jax.tree.map(jnp.asarray, nets.random_batches(inner_steps))
   cell: dict[str, Any] = {"width": width, "param_count": count, "param_bytes": param_bytes,
                           "inner_steps": inner_steps, "repeats": args.repeats}
 
@@ -219,21 +203,21 @@ def measure_cell(width: int, inner_steps: int, args,
     return cell
 
   candidates = {
-      "entropy_sgd": speed.entropy_candidate(loss, inner_steps, noise=NOISE),
-      "optax_sgd": speed.sgd_candidate(loss, inner_steps),
+      "entropy_sgd": timing.entropy_candidate(loss, inner_steps, noise=NOISE),
+      "optax_sgd": timing.sgd_candidate(loss, inner_steps),
   }
   compiled, carries, memory = {}, {}, {}
   compile_s = {}
   for name, (tx, run) in candidates.items():
     state = fresh_copy(tx.init(params))
     start = time.perf_counter()
-    compiled[name] = jax.jit(run, donate_argnums=(0, 1)).lower(params, state, batches).compile()
+    compiled[name] = timing.compile_donated(run, params, state, batches)
     compile_s[name] = round(time.perf_counter() - start, 2)
     analysis = compiled[name].memory_analysis()
     memory[name] = {
-        "state_x_params": round(speed.tree_bytes(state) / param_bytes, 3),
+        "state_x_params": round(nets.tree_bytes(state) / param_bytes, 3),
         "temp_x_params": round(int(analysis.temp_size_in_bytes) / param_bytes, 3),
-        "state_bytes": speed.tree_bytes(state),
+        "state_bytes": nets.tree_bytes(state),
         "temp_bytes": int(analysis.temp_size_in_bytes),
     }
     carries[name] = (fresh_copy(params), state)
@@ -291,21 +275,6 @@ def now() -> str:
   return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def machine() -> dict[str, Any]:
-  info: dict[str, Any] = {"cpu": platform.processor() or platform.machine()}
-  try:
-    text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, check=False).stdout
-    parts = (line.partition(":") for line in text.splitlines())
-    fields = {k.strip(): v.strip() for k, _, v in parts}
-    info["cpu"] = fields.get("Model name", info["cpu"])
-    info["l3_cache"] = fields.get("L3 cache", "")
-  except (OSError, subprocess.SubprocessError):
-    pass
-  info.update(cpus=os.cpu_count(), jax=jax.__version__, backend=jax.default_backend(),
-              entropy_optax=entropy_optax.__version__, python=platform.python_version())
-  return info
-
-
 def cell_key(width: int, inner_steps: int) -> str:
   return f"w{width}/L{inner_steps}"
 
@@ -317,26 +286,19 @@ def plan(args) -> list[tuple[int, int]]:
   return list(dict.fromkeys(cells))
 
 
-def fmt(value: Any, spec: str = ".3f") -> str:
-  return "—" if value is None else format(value, spec)
-
-
-def row(cell: dict[str, Any]) -> str:
+def row(cell: dict[str, Any]) -> list[str]:
   m = cell["memory"]
   ms = cell["ms_per_grad"]
-  return (f"| {cell['param_count']:,} | {cell['width']} | {cell['inner_steps']} | "
-          f"{ms['optax_sgd']:.3f} | {ms['entropy_sgd']:.3f} | **{cell['ratio']:.3f}** "
-          f"({cell['ratio_min']:.3f}–{cell['ratio_max']:.3f}) | {cell['floor']:.3f} | "
-          f"{cell['floor_with_outer']:.3f} | {m['entropy_sgd']['state_x_params']:g} / "
-          f"{m['optax_sgd']['state_x_params']:g} | {m['entropy_sgd']['temp_x_params']:.2f} / "
-          f"{m['optax_sgd']['temp_x_params']:.2f} |")
+  return [f"{cell['param_count']:,}", cell["width"], cell["inner_steps"],
+          f"{ms['optax_sgd']:.3f}", f"{ms['entropy_sgd']:.3f}",
+          f"**{cell['ratio']:.3f}** ({cell['ratio_min']:.3f}–{cell['ratio_max']:.3f})",
+          f"{cell['floor']:.3f}", f"{cell['floor_with_outer']:.3f}",
+          f"{m['entropy_sgd']['state_x_params']:g} / {m['optax_sgd']['state_x_params']:g}",
+          f"{m['entropy_sgd']['temp_x_params']:.2f} / {m['optax_sgd']['temp_x_params']:.2f}"]
 
 
-HEADER = [
-    "| params | width | L | SGD ms/grad | Entropy-SGD ms/grad | ratio (min–max) | floor | "
-    "floor + outer | state E / S (x params) | temporaries E / S (x params) |",
-    "|---|---|---|---|---|---|---|---|---|---|",
-]
+HEADER = ["params", "width", "L", "SGD ms/grad", "Entropy-SGD ms/grad", "ratio (min–max)", "floor",
+          "floor + outer", "state E / S (x params)", "temporaries E / S (x params)"]
 
 
 def write_markdown(report: dict[str, Any], path: pathlib.Path) -> None:
@@ -351,11 +313,10 @@ def write_markdown(report: dict[str, Any], path: pathlib.Path) -> None:
       "Invocations: " + "; ".join(f"`{i['command']}` ({i['date']}, {i['cells']} cells, "
                                   f"{i['elapsed_s']:.0f} s)" for i in report["invocations"]),
       "",
-      f"Machine: {info['cpu']} (lscpu), {info['cpus']} cores, L3 {info.get('l3_cache') or '?'}; "
-      f"JAX {info['jax']} on {info['backend']}, entropy_optax {info['entropy_optax']}.",
+      f"Machine: {provenance.describe(info)}; L3 {info.get('l3_cache') or '?'}.",
       f"Repeats: {config['repeats']} alternated repetitions per cell (E S E S ...), each of "
-      f"enough calls to last >= {config['min_rep_seconds']} s; batch {speed.BATCH}; "
-      f"noise {NOISE:g}; inner and outer Nesterov momentum {speed.MOMENTUM}.",
+      f"enough calls to last >= {config['min_rep_seconds']} s; batch {nets.BATCH}; "
+      f"noise {NOISE:g}; inner and outer Nesterov momentum {timing.MOMENTUM}.",
       "",
       "Model: MLP 784-w-w-10 (ReLU), w^2 + 796 w + 10 parameters (float32). Entropy-SGD: "
       "`entropy_sgd(1.0, inner_steps=L, momentum=0.9)` fused over L minibatches (scanned by "
@@ -371,25 +332,25 @@ def write_markdown(report: dict[str, Any], path: pathlib.Path) -> None:
       f"writes x, trace) over L. Bandwidth: the highest of a jitted copy and an in-place scale "
       f"of a large float32 array, 2 arrays counted per call, measured in each invocation:",
       "",
-      "| date | array MiB | copy GB/s (median, best) | in place GB/s (median, best) | used |",
-      "|---|---|---|---|---|",
   ]
-  for b in bandwidths:
-    lines.append(f"| {b['date']} | {b['array_mib']} | {b['copy_gbps_median']}, "
-                 f"{b['copy_gbps_best']} | {b['in_place_gbps_median']}, "
-                 f"{b['in_place_gbps_best']} | {b['floor_gbps']} |")
+  lines += writing.table(
+      ["date", "array MiB", "copy GB/s (median, best)", "in place GB/s (median, best)", "used"],
+      ([b["date"], b["array_mib"], f"{b['copy_gbps_median']}, {b['copy_gbps_best']}",
+        f"{b['in_place_gbps_median']}, {b['in_place_gbps_best']}", b["floor_gbps"]]
+       for b in bandwidths))
   size_cells = sorted((c for c in done.values() if c["inner_steps"] == config["size_inner_steps"]),
                       key=lambda c: c["param_count"])
   mid = width_for(config["mid_size"])
   l_cells = sorted((c for c in done.values() if c["width"] == mid), key=lambda c: c["inner_steps"])
-  lines += ["", f"## Cost against model size, L = {config['size_inner_steps']}", "", *HEADER]
-  lines += [row(c) for c in size_cells]
-  lines += ["", f"## Cost against L, {param_count(mid):,} parameters (w = {mid})", "", *HEADER]
-  lines += [row(c) for c in l_cells]
+  lines += ["", f"## Cost against model size, L = {config['size_inner_steps']}", ""]
+  lines += writing.table(HEADER, map(row, size_cells))
+  lines += ["", f"## Cost against L, {param_count(mid):,} parameters (w = {mid})", ""]
+  lines += writing.table(HEADER, map(row, l_cells))
   others = [c for c in done.values() if c not in size_cells and c not in l_cells]
   if others:
-    lines += ["", "## Other cells (from other --sizes / --mid-size settings)", "", *HEADER]
-    lines += [row(c) for c in sorted(others, key=lambda c: (c["param_count"], c["inner_steps"]))]
+    lines += ["", "## Other cells (from other --sizes / --mid-size settings)", ""]
+    lines += writing.table(HEADER, map(row, sorted(others, key=lambda c: (c["param_count"],
+                                                                          c["inner_steps"]))))
   lines += [
       "",
       "State: the optimizer state's leaves; temporaries: XLA's `temp_size_in_bytes` of the "
@@ -410,7 +371,7 @@ def write_markdown(report: dict[str, Any], path: pathlib.Path) -> None:
               "reason) to measure them; finished cells are kept."]
   if (path.parent / f"{NAME}.png").exists():
     lines += ["", f"![cost scaling]({NAME}.png)"]
-  path.write_text("\n".join(lines) + "\n")
+  writing.markdown(path, lines)
 
 
 def write_figure(report: dict[str, Any], path: pathlib.Path) -> None:
@@ -466,9 +427,8 @@ def write_figure(report: dict[str, Any], path: pathlib.Path) -> None:
   if sizes:
     ax.legend(fontsize=8)
   info = report["machine"]
-  fig.text(0.01, 0.01, f"{report['command']}  |  {info['cpu']}, {info['cpus']} cores, JAX "
-           f"{info['jax']}  |  {report['invocations'][-1]['date']}  |  repeats {config['repeats']}",
-           fontsize=8)
+  fig.text(0.01, 0.01, f"{report['command']}  |  {provenance.describe(info)}  |  "
+           f"{report['invocations'][-1]['date']}  |  repeats {config['repeats']}", fontsize=8)
   fig.tight_layout(rect=(0, 0.04, 1, 1))
   fig.savefig(path, dpi=100)
   plt.close(fig)
@@ -509,15 +469,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
   started = time.perf_counter()
   args = parse_args(argv)
-  argv_list = sys.argv[1:] if argv is None else list(argv)
-  command = shlex.join(["python", "benchmarks/cost_scaling.py", *argv_list])
+  command = provenance.command("benchmarks.cost_scaling", argv)
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   json_path = out / f"{NAME}.json"
   config = {"quick": args.quick, "sizes": sorted(args.sizes),
             "inner_steps": sorted(args.inner_steps),
             "mid_size": args.mid_size, "size_inner_steps": args.size_inner_steps,
-            "repeats": args.repeats, "min_rep_seconds": args.min_rep_seconds, "batch": speed.BATCH,
+            "repeats": args.repeats, "min_rep_seconds": args.min_rep_seconds, "batch": nets.BATCH,
             "noise": NOISE}
   report: dict[str, Any] = {"cells": {}, "bandwidth": [], "invocations": []}
   if json_path.exists() and not args.fresh:
@@ -530,14 +489,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"resuming: {finished} finished cells in {json_path}", flush=True)
   invocation = {"command": command, "date": now(), "elapsed_s": 0.0, "cells": 0}
   report["invocations"].append(invocation)
-  report.update(command=command, machine=machine(), config=config)
+  report.update(command=command, machine=provenance.machine(), config=config)
 
   def save(figure: bool) -> None:
     invocation["date"] = now()
     invocation["elapsed_s"] = round(time.perf_counter() - started, 1)
-    tmp = json_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    tmp.replace(json_path)
+    writing.json_record(json_path, report)
     if figure:
       write_figure(report, out / f"{NAME}.png")
     write_markdown(report, out / f"{NAME}.md")

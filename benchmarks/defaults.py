@@ -23,7 +23,7 @@ outer-step boundary, where the walker sits on the anchor).
 
 Writes ``<out>/defaults.json`` after every run (a rerun resumes, skipping the
 runs it holds for the same configuration) and ``<out>/defaults.md``. Run
-``python benchmarks/defaults.py --help`` for the options.
+``python -m benchmarks.defaults --help`` for the options.
 """
 
 from __future__ import annotations
@@ -32,11 +32,7 @@ import argparse
 import datetime
 import functools
 import json
-import os
 import pathlib
-import platform
-import shlex
-import sys
 import time
 import warnings
 from typing import Any, Callable, Iterator
@@ -47,11 +43,11 @@ import numpy as np
 import optax
 
 import entropy_optax
-
-if not __package__:  # run as `python benchmarks/defaults.py`: make the package `benchmarks` importable
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-
-from benchmarks import datasets as data_lib  # noqa: E402
+from benchmarks import datasets as data_lib
+from benchmarks import nets
+from benchmarks import provenance
+from benchmarks import stats
+from benchmarks import writing
 
 HERE = pathlib.Path(__file__).resolve().parent
 INNER_STEPS = 20  # entropy_sgd's default L: budgets are multiples of it.
@@ -149,23 +145,10 @@ def load_task(task: str, quick: bool, data_dir: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- model
 
 
-def init_mlp(key: jax.Array, sizes: list[int]) -> list[dict[str, jax.Array]]:
-  """LeCun-normal weights, zero biases (Flax Linen's ``nn.Dense`` defaults)."""
-  params = []
-  for key, (fan_in, fan_out) in zip(jax.random.split(key, len(sizes) - 1), zip(sizes[:-1], sizes[1:])):
-    params.append({"w": jax.nn.initializers.lecun_normal()(key, (fan_in, fan_out)),
-                   "b": jnp.zeros(fan_out)})
-  return params
-
-
 @functools.cache
 def make_fns(activation: str):
-  act = {"relu": jax.nn.relu, "tanh": jnp.tanh}[activation]
-
-  def logits_fn(params, x):
-    for layer in params[:-1]:
-      x = act(x @ layer["w"] + layer["b"])
-    return x @ params[-1]["w"] + params[-1]["b"]
+  logits_fn = functools.partial(nets.apply_mlp,
+                                activation={"relu": jax.nn.relu, "tanh": jnp.tanh}[activation])
 
   def loss_fn(params, x, y):
     return optax.softmax_cross_entropy_with_integer_labels(logits_fn(params, x), y).mean()
@@ -205,7 +188,7 @@ def train_cell(task: str, name: str, seeds: list[int], data: dict[str, Any], bud
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught_here:
       warnings.simplefilter("always")
-      params = init_mlp(jax.random.key(seed), sizes)
+      params = nets.init_mlp(jax.random.key(seed), sizes, init="lecun_normal")
       state = tx.init(params)
       rng = np.random.default_rng(seed)
       order = np.empty(0, dtype=np.int64)
@@ -229,20 +212,6 @@ def train_cell(task: str, name: str, seeds: list[int], data: dict[str, Any], bud
 # ---------------------------------------------------------------------------- report
 
 
-def machine() -> dict[str, Any]:
-  cpu = platform.processor() or platform.machine()
-  try:
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("model name"):
-        cpu = line.split(":", 1)[1].strip()
-        break
-  except OSError:
-    pass
-  return {"cpu": cpu, "cpus": os.cpu_count(), "jax": jax.__version__, "optax": optax.__version__,
-          "entropy_optax": entropy_optax.__version__, "backend": jax.default_backend(),
-          "python": platform.python_version()}
-
-
 def summarize(report: dict[str, Any]) -> list[dict[str, Any]]:
   rows = []
   for task, budgets in report["config"]["budgets"].items():
@@ -251,12 +220,11 @@ def summarize(report: dict[str, Any]) -> list[dict[str, Any]]:
         runs = [r for r in report["runs"].values() if r["task"] == task and r["optimizer"] == name]
         if not runs:
           continue
-        accs = np.array([r["test_accuracy"][str(budget)] for r in runs])
+        accs = [r["test_accuracy"][str(budget)] for r in runs]
+        mean, std = stats.mean_std(accs)
         rows.append({
             "task": task, "budget": budget, "optimizer": name, "seeds": len(runs),
-            "test_accuracy_mean": float(accs.mean()),
-            "test_accuracy_std": float(accs.std(ddof=1)) if len(accs) > 1 else 0.0,
-            "test_accuracies": accs.tolist(),
+            "test_accuracy_mean": mean, "test_accuracy_std": std, "test_accuracies": accs,
             "train_accuracy_mean": float(np.mean([r["train_accuracy"][str(budget)] for r in runs])),
             "wall_s_cell": float(sum(r["wall_s"] for r in runs)),
         })
@@ -268,7 +236,7 @@ def write_markdown(report: dict[str, Any], path: pathlib.Path) -> None:
   lines = [
       "# Do the defaults train? Entropy-SGD's defaults vs SGD-Nesterov and Adam",
       "",
-      "Written by `benchmarks/defaults.py`; every number below comes from `defaults.json`.",
+      "Written by `python -m benchmarks.defaults`; every number below comes from `defaults.json`.",
       "",
       "A new user's run: `entropy_optax.entropy_sgd(lr)` and nothing else, in a plain optax loop, "
       "step-interleaved (one `tx.update` + `optax.apply_updates` per minibatch, jitted), evaluating "
@@ -280,10 +248,8 @@ def write_markdown(report: dict[str, Any], path: pathlib.Path) -> None:
       "the test accuracy is mean ± sample std over the seeds (each seed's value in `defaults.json`).",
       "",
       f"* Command: `{report['command']}`",
-      f"* Machine: {info['cpu']}, {info['cpus']} CPUs ({info['backend']}), shared with other jobs "
-      "(wall times are indicative); "
-      f"jax {info['jax']}, optax {info['optax']}, entropy_optax {info['entropy_optax']}, "
-      f"Python {info['python']}",
+      f"* Machine: {provenance.describe(info)}; optax {info['optax']}, Python {info['python']}; "
+      "shared with other jobs (wall times are indicative)",
       f"* Date: {report['date']}; total wall time {report['total_wall_s']:.0f} s "
       "(sum over runs, one compilation per cell included: the jitted step is built once per "
       "(task, optimizer) and reused across seeds); the last invocation took "
@@ -300,22 +266,22 @@ def write_markdown(report: dict[str, Any], path: pathlib.Path) -> None:
     header = [f"test accuracy (%) at {b} evaluations = {b * spec['batch_size'] / spec['train_size']:.1f} "
               f"epochs = {b // INNER_STEPS} outer steps" for b in budgets]
     lines += ["", f"## {task}", "",
-              "| optimizer | " + " | ".join(header) + f" | train accuracy (%) at {budgets[-1]} | "
-              "cell wall s (all seeds) |",
-              "|---" * (len(budgets) + 3) + "|"]
+              *writing.table(["optimizer", *header, f"train accuracy (%) at {budgets[-1]}",
+                             "cell wall s (all seeds)"])]
     for name in config["optimizers"]:
       cells = {row["budget"]: row for row in rows if row["task"] == task and row["optimizer"] == name}
       if len(cells) < len(budgets):
         continue
-      accs = " | ".join(f"{100 * cells[b]['test_accuracy_mean']:.1f} ± {100 * cells[b]['test_accuracy_std']:.1f}"
-                        for b in budgets)
       last = cells[budgets[-1]]
-      lines.append(f"| `{name}`: {LABELS[name]} | {accs} | {100 * last['train_accuracy_mean']:.1f} | "
-                   f"{last['wall_s_cell']:.1f} |")
+      lines.append(writing.row([
+          f"`{name}`: {LABELS[name]}",
+          *(f"{100 * cells[b]['test_accuracy_mean']:.1f} ± {100 * cells[b]['test_accuracy_std']:.1f}"
+            for b in budgets),
+          f"{100 * last['train_accuracy_mean']:.1f}", f"{last['wall_s_cell']:.1f}"]))
   warned = sorted({w for r in report["runs"].values() for w in r["library_warnings"]})
   lines += ["", "Warnings from entropy_optax during the runs: "
-            + ("; ".join(f"`{w}`" for w in warned) if warned else "none."), ""]
-  path.write_text("\n".join(lines))
+            + ("; ".join(f"`{w}`" for w in warned) if warned else "none.")]
+  writing.markdown(path, lines)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -343,18 +309,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if previous.get("config") == config:
       runs = previous["runs"]
       print(f"resuming: {len(runs)} runs already in {json_path}", flush=True)
-  argv_text = " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-  report = {"config": config, "machine": machine(), "command": f"python benchmarks/defaults.py {argv_text}".strip(),
-            "runs": runs}
+  report = {"config": config, "machine": provenance.machine(),
+            "command": provenance.command("benchmarks.defaults", argv), "runs": runs}
 
   def save():
     report["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     report["total_wall_s"] = sum(r["wall_s"] for r in runs.values())
     report["this_invocation_elapsed_s"] = time.perf_counter() - started
     report["summary"] = summarize(report)
-    tmp = json_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    tmp.replace(json_path)
+    writing.json_record(json_path, report)
     write_markdown(report, out / "defaults.md")
 
   for task in args.tasks:

@@ -1,6 +1,6 @@
 """Entropy-SGD vs SGD-Nesterov on Fashion-MNIST, at equal effective epochs.
 
-Run ``make demo`` or ``python benchmarks/demo.py --help``. Reads
+Run ``make demo`` or ``python -m benchmarks.demo --help``. Reads
 Fashion-MNIST from ``--data-dir``, Debian's ``dataset-fashion-mnist`` or a
 download; offline without them it runs on scikit-learn's handwritten digits
 (real 8x8 images that ship with scikit-learn) and says so. Trains the
@@ -31,12 +31,9 @@ import numpy as np
 import optax
 
 import entropy_optax
-
-if not __package__:  # run as `python benchmarks/demo.py`: make the package `benchmarks` importable
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-
-from benchmarks import datasets as data_lib  # noqa: E402
-from benchmarks import models  # noqa: E402
+from benchmarks import datasets as data_lib
+from benchmarks import models
+from benchmarks import writing
 
 OPTIMIZERS = ("sgd", "adam", "entropy_sgd")
 LABELS = {"sgd": "SGD-Nesterov", "adam": "Adam", "entropy_sgd": "Entropy-SGD"}
@@ -56,7 +53,7 @@ class History:
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   """The demo's command line."""
   parser = argparse.ArgumentParser(
-      prog="python benchmarks/demo.py",
+      prog="python -m benchmarks.demo",
       description=__doc__.split("\n\n")[0],
       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
   )
@@ -217,20 +214,15 @@ def _progress(label: str, args: argparse.Namespace) -> Any:
 
 def results_table(histories: Sequence[History], args: argparse.Namespace) -> str:
   """A Markdown table of the runs."""
-  rows = [
-      "| optimizer | L | epochs | effective epochs | final test err % | best test err % "
-      "| final train loss | seconds |",
-      "|---|---|---|---|---|---|---|---|",
-  ]
-  for h in histories:
+  def row(h: History) -> list[Any]:
     inner = args.L if h.name == "entropy_sgd" else 1
-    epochs = f"{args.epochs / inner:g}"
-    rows.append(
-        f"| {LABELS[h.name]} | {inner if inner > 1 else '-'} | {epochs} | {args.epochs} "
-        f"| {h.test_error[-1]:.2f} | {min(h.test_error):.2f} | {h.train_loss[-1]:.4f} "
-        f"| {h.seconds:.0f} |"
-    )
-  return "\n".join(rows)
+    return [LABELS[h.name], inner if inner > 1 else "-", f"{args.epochs / inner:g}", args.epochs,
+            f"{h.test_error[-1]:.2f}", f"{min(h.test_error):.2f}", f"{h.train_loss[-1]:.4f}",
+            f"{h.seconds:.0f}"]
+
+  return "\n".join(writing.table(
+      ["optimizer", "L", "epochs", "effective epochs", "final test err %", "best test err %",
+       "final train loss", "seconds"], map(row, histories)))
 
 
 def plot(histories: Sequence[History], path: pathlib.Path, title: str) -> None:

@@ -25,8 +25,8 @@ the command that reruns both sides together. Nothing here is typed in:
 a cell that has not been measured is listed as missing, with the command that
 measures it.
 
-    python benchmarks/evidence.py                 # rebuild results/evidence.md
-    python benchmarks/evidence.py --out /tmp/e.md
+    python -m benchmarks.evidence                 # rebuild results/evidence.md
+    python -m benchmarks.evidence --out /tmp/e.md
 """
 
 from __future__ import annotations
@@ -40,10 +40,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-if not __package__:  # run as a script: make the package `benchmarks` importable
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-
-from benchmarks import reports  # noqa: E402
+from benchmarks import reports
+from benchmarks import writing
 
 HERE = pathlib.Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -65,12 +63,6 @@ LABELS = {"sgd": "SGD-Nesterov", "adam": "Adam", "sam": "SAM", "entropy": "Entro
           "entropy_pytorch": "Entropy-SGD (PyTorch)", "entropy_bocconi": "Entropy-SGD (Bocconi)"}
 IMAGE_TRAIN_ITEMS = 60_000
 RULE = reports.RULE + " Only cells complete at the same budget and training set are compared."
-
-
-def mean_std(values: Sequence[float], digits: int = 2) -> str:
-  a = np.asarray(values, np.float64)
-  std = a.std(ddof=1) if len(a) > 1 else 0.0
-  return f"{a.mean():.{digits}f} ± {std:.{digits}f}"
 
 
 # --------------------------------------------------------------------------- reproductions
@@ -172,13 +164,13 @@ def reproduction_section(sources: Sequence[tuple[str, list[dict[str, Any]]]],
     label = dict(LABELS, entropy="Entropy-Adam" if task == "charlstm" else LABELS["entropy"])
     lines += [f"**{TASK_NAMES.get(task, task)}**: {epochs} effective epochs{of_paper}, {data}; "
               f"final {metric}, mean ± std over seeds.", "",
-              "| optimizer | file | run on | code | seeds | final | vs SGD-Nesterov | vs Adam "
-              "| vs SAM |", "|---|---|---|---|---|---|---|---|---|"]
+              *writing.table(["optimizer", "file", "run on", "code", "seeds", "final",
+                             "vs SGD-Nesterov", "vs Adam", "vs SAM"])]
     withheld = False
     for opt, (rel, recs) in present.items():
       finals = [r["metric"][-1] for r in recs]
       row = [label[opt], f"`{rel}`", reports.machines(recs), reports.codes(recs), str(len(recs)),
-             mean_std(finals, 3)]
+             writing.mean_std(finals, 3)]
       for base in BASELINES:
         if opt in ENTROPY and base in present:
           base_rel, base_recs = present[base]
@@ -191,7 +183,7 @@ def reproduction_section(sources: Sequence[tuple[str, list[dict[str, Any]]]],
                            "files": sorted({rel, base_rel})})
         else:
           row.append("")
-      lines.append("| " + " | ".join(row) + " |")
+      lines.append(writing.row(row))
     lines += ["", ranking({label[o]: [r["metric"][-1] for r in recs]
                           for o, (_, recs) in present.items()}, 3)]
     if withheld:
@@ -204,8 +196,8 @@ def reproduction_section(sources: Sequence[tuple[str, list[dict[str, Any]]]],
 
 def paper_status(sources: Sequence[list[dict[str, Any]]]) -> list[str]:
   """Which cells of the paper's budgets on the full data are measured; how to measure the rest."""
-  lines = ["| task | optimizer | status at the paper's budget, full data "
-           "| command that completes it |", "|---|---|---|---|"]
+  lines = writing.table(["task", "optimizer", "status at the paper's budget, full data",
+                        "command that completes it"])
   for task, epochs in PAPER_BUDGET.items():
     optimizers = (*BASELINES, "entropy") if task == "charlstm" else (*BASELINES, *ENTROPY)
     for opt in optimizers:
@@ -223,15 +215,15 @@ def paper_status(sources: Sequence[list[dict[str, Any]]]) -> list[str]:
           reached = max(r["eff_epochs"][-1] if r["eff_epochs"] else 0 for r in recs)
           now = [r["metric"][r["eff_epochs"].index(reached)] for r in recs
                  if reached in r["eff_epochs"]]
-          so_far = (f" (there: {mean_std(now, 3)} {recs[0]['metric_name']}, "
+          so_far = (f" (there: {writing.mean_std(now, 3)} {recs[0]['metric_name']}, "
                     f"{len(now)} seeds)" if now else "")
           best = max(best, (1, f"partial: {reached} of {epochs} effective epochs{so_far}"))
       text = "-" if best[0] == 3 else (
-          f"`nohup python benchmarks/reproduce.py --preset paper --tasks {task} --optimizers {opt}"
+          f"`nohup python -m benchmarks.reproduce --preset paper --tasks {task} --optimizers {opt}"
           + (" --make-kjv .data/kjv.txt" if task == "charlstm" else "")
           + f" --out {PAPER_OUT} >> {PAPER_OUT}/run.log 2>&1 &`")
       label = "Entropy-Adam" if task == "charlstm" and opt == "entropy" else LABELS[opt]
-      lines.append(f"| {task} | {label} | {best[1]} | {text} |")
+      lines.append(writing.row([task, label, best[1], text]))
   return lines
 
 
@@ -277,7 +269,7 @@ def tuning_section(db: dict[str, Any], verdicts: list[dict[str, Any]]) -> list[s
            "validation errors).", ""]
   groups = db.get("groups", {})
   if not groups:
-    return lines + ["No protocol run recorded yet: `nohup python benchmarks/tune.py --preset cpu "
+    return lines + ["No protocol run recorded yet: `nohup python -m benchmarks.tune --preset cpu "
                     "--time-limit 14400 > tune.log 2>&1 &` (resumes where it stopped).", ""]
   for group, meta in groups.items():
     if meta["settings"].get("quick"):
@@ -295,9 +287,9 @@ def tuning_section(db: dict[str, Any], verdicts: list[dict[str, Any]]) -> list[s
     lines += [f"**{TASK_NAMES.get(task, task)}**: {settings['effective_epochs'][task]} effective "
               f"epochs per run, {n} configurations searched per optimizer, "
               f"{settings['seeds']} final seeds; test error %.", "",
-              "| optimizer | configurations searched | chosen | final seeds | run on | code "
-              "| test error % | vs SGD-Nesterov | vs Adam | vs SAM |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              *writing.table(["optimizer", "configurations searched", "chosen", "final seeds",
+                             "run on", "code", "test error %", "vs SGD-Nesterov", "vs Adam",
+                             "vs SAM"])]
     withheld = False
     for opt in ("sgd", "adam", "sam", "entropy"):
       recs = finals.get(opt, [])
@@ -305,7 +297,7 @@ def tuning_section(db: dict[str, Any], verdicts: list[dict[str, Any]]) -> list[s
       chosen = f"#{recs[0]['config_index']}: {describe_config(recs[0]['config'])}" if recs else "-"
       row = [LABELS[opt] if opt != "entropy" else "Entropy-SGD (tuned recipe)",
              f"{searched.get(opt, 0)}/{n}", chosen, str(len(recs)),
-             reports.machines(recs), reports.codes(recs), mean_std(values) if values else "-"]
+             reports.machines(recs), reports.codes(recs), writing.mean_std(values) if values else "-"]
       for base in BASELINES:
         base_recs = finals.get(base, [])
         if opt == "entropy" and recs and base_recs:
@@ -319,7 +311,7 @@ def tuning_section(db: dict[str, Any], verdicts: list[dict[str, Any]]) -> list[s
                            "verdict": j.verdict, "why": j.why, "files": ["tuning.json"]})
         else:
           row.append("")
-      lines.append("| " + " | ".join(row) + " |")
+      lines.append(writing.row(row))
     lines += ["", ranking({LABELS[o] if o != "entropy" else "Entropy-SGD (tuned recipe)":
                            [c["metric"] for c in finals[o]]
                            for o in ("sgd", "adam", "sam", "entropy") if finals.get(o)}, 2)]
@@ -361,7 +353,7 @@ def flatness_section(report: dict[str, Any], verdicts: list[dict[str, Any]]) -> 
   runs = report.get("runs", {})
   config = report.get("config", {})
   if not runs or "target_loss" not in config:
-    return lines + ["No equal-loss run recorded yet: `nohup python benchmarks/flatness.py "
+    return lines + ["No equal-loss run recorded yet: `nohup python -m benchmarks.flatness "
                     "> flatness.log 2>&1 &`.", ""]
   from benchmarks import flatness  # noqa: PLC0415  (imports jax)
 
@@ -374,12 +366,11 @@ def flatness_section(report: dict[str, Any], verdicts: list[dict[str, Any]]) -> 
             f"{100 * flatness.tolerance_of(report):g}% of the target, either side; lower is "
             "flatter, or better). Each recipe is judged against the SGD-Nesterov of its weight "
             "decay.", "",
-            "| measure | " + " | ".join(
+            *writing.table(["measure", *(
                 f"{FLATNESS_LABELS[o]} ({len(kept[o])} seed{'' if len(kept[o]) == 1 else 's'})"
-                for o in shown) + " |",
-            "|---|" + "---|" * len(shown)]
-  lines.append("| run on | " + " | ".join(reports.machines(kept[o]) for o in shown) + " |")
-  lines.append("| code | " + " | ".join(reports.codes(kept[o]) for o in shown) + " |")
+                for o in shown)]),
+            writing.row(["run on", *(reports.machines(kept[o]) for o in shown)]),
+            writing.row(["code", *(reports.codes(kept[o]) for o in shown)])]
   withheld = False
   for label, key, get in flatness.measures(config):
     if not any(key in r for r in runs.values()):
@@ -388,7 +379,7 @@ def flatness_section(report: dict[str, Any], verdicts: list[dict[str, Any]]) -> 
     for opt in shown:
       values = [get(r) for r in kept[opt] if key in r]
       digits = 4 if "loss" in label else 2
-      cell = ("-" if not values else mean_std(values, digits) if len(values) > 1
+      cell = ("-" if not values else writing.mean_std(values, digits) if len(values) > 1
               else f"{values[0]:.{digits}f}")
       v = next((v for v in judged if v["recipe"] == opt and v["measure"] == label), None)
       if v is not None:
@@ -401,7 +392,7 @@ def flatness_section(report: dict[str, Any], verdicts: list[dict[str, Any]]) -> 
                          "measure": label, "verdict": j.verdict, "why": j.why,
                          "files": ["flatness.json"]})
       row.append(cell)
-    lines.append("| " + " | ".join(row) + " |")
+    lines.append(writing.row(row))
   lines.append("")
   if withheld:
     lines += ["Rerun on one machine, at one commit, with every optimizer, these measures get "
@@ -430,15 +421,13 @@ def summary(verdicts: list[dict[str, Any]]) -> list[str]:
   withheld = [v for v in verdicts if v["verdict"] == "n/a"]
   lines: list[str] = []
   if judged:
-    lines += ["| Entropy-SGD variant | against | wins | ties | losses | where |",
-              "|---|---|---|---|---|---|"]
     keys: dict[tuple[str, str], list[dict]] = {}
     for v in judged:
       keys.setdefault((v["entropy"], v["baseline"]), []).append(v)
-    for (entropy, base), vs in keys.items():
-      count = {k: sum(x["verdict"] == k for x in vs) for k in ("win", "tie", "loss")}
-      lines.append(f"| {entropy} | {base} | {count['win']} | {count['tie']} | {count['loss']} "
-                   f"| {'; '.join(_where(x) for x in vs)} |")
+    lines += writing.table(
+        ["Entropy-SGD variant", "against", "wins", "ties", "losses", "where"],
+        ([entropy, base, *(sum(x["verdict"] == k for x in vs) for k in ("win", "tie", "loss")),
+          "; ".join(_where(x) for x in vs)] for (entropy, base), vs in keys.items()))
   else:
     lines.append("**No comparison has a verdict yet.**")
   if withheld:
@@ -452,13 +441,13 @@ def summary(verdicts: list[dict[str, Any]]) -> list[str]:
               "`benchmarks/backfill_provenance.py`) stays out of verdicts until its cells are "
               "rerun side by side on one machine at one commit; each table below gives the "
               "command that does so. The numbers stand as measurements; the verdicts wait for "
-              "those reruns.", "",
-              "| Entropy-SGD variant | against | withheld | where (why) |", "|---|---|---|---|"]
+              "those reruns.", ""]
     keys = {}
     for v in withheld:
       keys.setdefault((v["entropy"], v["baseline"]), []).append(v)
-    for (entropy, base), vs in keys.items():
-      lines.append(f"| {entropy} | {base} | {len(vs)} | {'; '.join(_where(x) for x in vs)} |")
+    lines += writing.table(["Entropy-SGD variant", "against", "withheld", "where (why)"],
+                          ([entropy, base, len(vs), "; ".join(_where(x) for x in vs)]
+                           for (entropy, base), vs in keys.items()))
   return lines
 
 
@@ -483,7 +472,7 @@ def build(results: pathlib.Path = RESULTS,
   body += flatness_section(json.loads(flat_path.read_text()) if flat_path.is_file() else {},
                            verdicts)
   lines = ["# The measured verdicts: when does Entropy-SGD help?", "",
-           "Generated by `python benchmarks/reports.py` (or `benchmarks/evidence.py`) from the "
+           "Generated by `python -m benchmarks.reports` (or `python -m benchmarks.evidence`) from the "
            "JSON results of "
            "`reproduce.py`, `tune.py` and `flatness.py` in `benchmarks/results/`. " + RULE, "",
            "## Summary", ""]

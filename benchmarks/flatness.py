@@ -61,10 +61,10 @@ Resumable: each finished (optimizer, seed) end point is written to
 skips it; ``flatness.md`` and ``flatness.png`` are regenerated from the JSON
 after each end point (``--report-only`` regenerates them without training).
 ``--quick`` is a small smoke configuration (a narrow network, 4,096 images).
-Run ``python benchmarks/flatness.py --help`` for the options. The rerun of
+Run ``python -m benchmarks.flatness --help`` for the options. The rerun of
 the whole study (5 optimizers x 3 seeds, into a fresh folder; resumable)::
 
-  nohup python benchmarks/flatness.py --out benchmarks/results/rerun/flatness_band \\
+  nohup python -m benchmarks.flatness --out benchmarks/results/rerun/flatness_band \\
     > flatness.log 2>&1 &
 """
 
@@ -79,9 +79,7 @@ import json
 import math
 import os
 import pathlib
-import platform
 import shlex
-import subprocess
 import sys
 import time
 from typing import Any, Callable, Iterable, Iterator
@@ -91,17 +89,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import benchmarks
 import entropy_optax
+from benchmarks import datasets as data_lib
+from benchmarks import nets
+from benchmarks import provenance
+from benchmarks import reports
+from benchmarks import stats
+from benchmarks import writing
 from entropy_optax import diagnostics
 from entropy_optax import recipes
-
-if not __package__:  # run as `python benchmarks/flatness.py`: make the package `benchmarks` importable
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-
-import benchmarks  # noqa: E402
-from benchmarks import datasets as data_lib  # noqa: E402
-from benchmarks import provenance  # noqa: E402
-from benchmarks import reports  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
 DEFAULT_DATA_DIR = "/usr/share/datasets/fashion-mnist"
@@ -125,7 +122,7 @@ scale-aware traces and the walker's coupling recorded. Version 3: the band rule 
 is the first fine step within the tolerance of the target, either side; a step below the band
 steps on, up to ``fine_intervals`` check intervals, else 'overshot'), the tolerance in the
 configuration, the cap 100 effective epochs (60 before)."""
-RERUN = ("nohup python benchmarks/flatness.py --out benchmarks/results/rerun/flatness_band "
+RERUN = ("nohup python -m benchmarks.flatness --out benchmarks/results/rerun/flatness_band "
          "> flatness.log 2>&1 &")
 """Reruns the whole study (every optimizer, 3 seeds) into a fresh folder; resumable."""
 
@@ -246,7 +243,7 @@ def config_of(args: argparse.Namespace) -> dict[str, Any]:
 def command_of(config: dict[str, Any], out: str, data_dir: str, seed: int, seeds: int,
                optimizers: list[str] | None = None) -> str:
   """The command line that runs ``config`` (flags for the values that are not the preset's)."""
-  parts = ["python", "benchmarks/flatness.py"] + (["--quick"] if config["quick"] else [])
+  parts = ["python", "-m", "benchmarks.flatness"] + (["--quick"] if config["quick"] else [])
   preset = QUICK if config["quick"] else FULL
   for key in FULL:
     value, default = config.get(key), preset[key]
@@ -271,25 +268,10 @@ def command_of(config: dict[str, Any], out: str, data_dir: str, seed: int, seeds
 # ---------------------------------------------------------------------------- model and data
 
 
-def init_mlp(key: jax.Array, sizes: tuple[int, ...] = (784, 1024, 1024, 10)) -> list[dict[str, jax.Array]]:
-  keys = jax.random.split(key, len(sizes) - 1)
-  return [
-      {"w": jax.random.normal(k, (m, n)) * np.sqrt(2.0 / m), "b": jnp.zeros(n)}
-      for k, m, n in zip(keys, sizes[:-1], sizes[1:])
-  ]
-
-
-def logits(params: list[dict[str, jax.Array]], x: jax.Array) -> jax.Array:
-  h = x.reshape(x.shape[0], -1)
-  for layer in params[:-1]:
-    h = jax.nn.relu(h @ layer["w"] + layer["b"])
-  return h @ params[-1]["w"] + params[-1]["b"]
-
-
-def loss_fn(params: Any, batch: dict[str, jax.Array]) -> jax.Array:
-  return jnp.mean(
-      optax.softmax_cross_entropy_with_integer_labels(logits(params, batch["x"]), batch["y"])
-  )
+INIT = "he"
+"""The weights' initialisation (:data:`benchmarks.nets.INITS`): He's, for the ReLU layers."""
+logits = nets.apply_mlp
+loss_fn = nets.cross_entropy(logits)
 
 
 def error_fn(params: Any, batch: dict[str, jax.Array]) -> jax.Array:
@@ -559,7 +541,8 @@ def train_to_target(name: str, seed: int, config: dict[str, Any],
   fine_k = k if spec.gamma else 1
 
   start = time.perf_counter()
-  params = init_mlp(jax.random.key(seed), (x.shape[1], config["hidden"], config["hidden"], 10))
+  params = nets.init_mlp(jax.random.key(seed), (x.shape[1], config["hidden"], config["hidden"], 10),
+                         init=INIT)
   walk = Walk(train_step(name, freeze(config)), seed, batch, data, params,
               spec.make(seed).init(params))
   history = [[0.0, walk.check()]]
@@ -814,29 +797,12 @@ def measure(params: Any, seed: int, config: dict[str, Any], data: dict[str, Any]
 # ---------------------------------------------------------------------------- report
 
 
-def machine() -> dict[str, Any]:
-  cpu = platform.processor() or platform.machine()
-  try:
-    text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, check=False).stdout
-    cpu = next(line.split(":", 1)[1].strip() for line in text.splitlines()
-               if line.startswith("Model name"))
-  except (OSError, StopIteration, subprocess.SubprocessError):
-    pass
-  return {"cpu": cpu, "cpus": os.cpu_count(), "jax": jax.__version__, "backend": jax.default_backend(),
-          "entropy_optax": entropy_optax.__version__, "python": platform.python_version()}
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-  values = np.asarray(values, float)
-  return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
-
-
 def cell(values: list[float], fmt: str, scale: float = 1.0) -> str:
   if not values:
     return "—"
-  mean, std = mean_std([scale * v for v in values])
+  mean, std = stats.mean_std([scale * v for v in values])
   std_fmt = ".2g" if fmt.endswith("g") else fmt
-  return f"{mean:{fmt}}" if math.isnan(std) else f"{mean:{fmt}} ± {std:{std_fmt}}"
+  return f"{mean:{fmt}}" if len(values) == 1 else f"{mean:{fmt}} ± {std:{std_fmt}}"
 
 
 def expected_seeds(report: dict[str, Any]) -> list[int]:
@@ -1092,10 +1058,8 @@ def header_lines(report: dict[str, Any]) -> list[str]:
       "(mnistfc, Fashion-MNIST)",
       "",
       f"* Command (the whole experiment; it skips the end points the JSON holds): {command}",
-      f"* Machine: {info['cpu']} (lscpu), {info['cpus']} cores; JAX {info['jax']}, backend "
-      f"{info['backend']}; entropy_optax {info['entropy_optax']} (the file's record of its last "
-      "invocation; each end point's own machine and code, from its provenance, are in the end "
-      "points' table).",
+      f"* Machine: {provenance.describe(info)} (the file's record of its last invocation; each end "
+      "point's own machine and code, from its provenance, are in the end points' table).",
       f"* Wall time: {sum(r['wall_s'] for r in report['runs'].values()):.0f} s over "
       f"{len(report['runs'])} end points (training and measuring; the first end point of each "
       "optimizer includes compiling its train step, the first of the invocation the diagnostics).",
@@ -1149,8 +1113,7 @@ def header_lines(report: dict[str, Any]) -> list[str]:
 def row_maker(columns: dict[str, list[dict[str, Any]]]) -> Callable[..., str]:
   """A table row: each optimizer's cell from its counted end points (``—`` when none)."""
   def row(label: str, fn: Callable[[list[dict[str, Any]]], str]) -> str:
-    cells = (fn(columns[name]) if columns[name] else "—" for name in OPTIMIZERS)
-    return f"| {label} | " + " | ".join(cells) + " |"
+    return writing.row([label, *(fn(columns[name]) if columns[name] else "—" for name in OPTIMIZERS)])
   return row
 
 
@@ -1183,12 +1146,11 @@ def results_lines(report: dict[str, Any]) -> list[str]:
   return [
       "## Results (mean ± std over the counted end points)",
       "",
-      "| | " + " | ".join(OPTIMIZERS.values()) + " |",
-      "|---|" + "---|" * len(OPTIMIZERS),
-      "| end points (seeds) | " + " | ".join(done_cell(n) for n in OPTIMIZERS) + " |",
-      "| target reached | " + " | ".join(
+      *writing.table(["", *OPTIMIZERS.values()]),
+      writing.row(["end points (seeds)", *(done_cell(n) for n in OPTIMIZERS)]),
+      writing.row(["target reached", *(
           f"{sum(r['reached'] for r in every[n])} of {len(every[n])}" if every[n] else "—"
-          for n in OPTIMIZERS) + " |",
+          for n in OPTIMIZERS)]),
       row("effective epochs to the target", stat(lambda r: r["epochs"], ".1f")),
       row(f"training loss at the end point ({config['loss_size']} images)",
           stat(lambda r: r["loss"], ".4f")),
@@ -1271,12 +1233,11 @@ def verdict_lines(report: dict[str, Any]) -> list[str]:
   judged = verdicts(report)
   pairs = [(r, b) for r, b in BASELINES.items() if any(v["recipe"] == r for v in judged)]
   if pairs:
-    lines += ["| measure | " + " | ".join(f"{OPTIMIZERS[r]} vs {OPTIMIZERS[b]}" for r, b in pairs)
-              + " |", "|---|" + "---|" * len(pairs)]
+    lines += writing.table(["measure", *(f"{OPTIMIZERS[r]} vs {OPTIMIZERS[b]}" for r, b in pairs)])
     for label in dict.fromkeys(v["measure"] for v in judged):
       cells = [next((v["judgement"].text(4) for v in judged
                      if v["measure"] == label and v["recipe"] == r), "—") for r, _ in pairs]
-      lines.append(f"| {label} | " + " | ".join(cells) + " |")
+      lines.append(writing.row([label, *cells]))
   else:
     lines.append("No recipe has end points yet.")
   return lines
@@ -1289,20 +1250,20 @@ def endpoint_lines(report: dict[str, Any]) -> list[str]:
       "",
       "## End points",
       "",
-      "| optimizer | seed | status | effective epochs | loss reached | from the target (%) | "
-      "steps below the band | checks | skipped outer steps | wall time (s) | run on | code |",
-      "|---|---|---|---|---|---|---|---|---|---|---|---|",
+      *writing.table(["optimizer", "seed", "status", "effective epochs", "loss reached",
+                     "from the target (%)", "steps below the band", "checks",
+                     "skipped outer steps", "wall time (s)", "run on", "code"]),
   ]
   for name in OPTIMIZERS:
     for r in runs_of(report, name):
       why = exclusion(r, tolerance)
       status = r["status"] + (f", **excluded**: {why}" if why and r["reached"] else
                               ", **excluded**" if why else "")
-      lines.append(
-          f"| {OPTIMIZERS[name]} | {r['seed']} | {status} | {r['epochs']:.2f} | {r['loss']:.5f} | "
-          f"{gap_percent(r, config['target_loss']):+.2f} | {r.get('below_band_steps', '—')} | "
-          f"{r['checks']} | {r['skipped_outer_steps']} | {r['wall_s']:.1f} | "
-          f"{reports.machine(r)} | {reports.code(r)} |")
+      lines.append(writing.row([
+          OPTIMIZERS[name], r["seed"], status, f"{r['epochs']:.2f}", f"{r['loss']:.5f}",
+          f"{gap_percent(r, config['target_loss']):+.2f}", r.get("below_band_steps", "—"),
+          r["checks"], r["skipped_outer_steps"], f"{r['wall_s']:.1f}", reports.machine(r),
+          reports.code(r)]))
   todo = {name: seeds_left for name, seeds_left in missing_seeds(report).items() if seeds_left}
   if not is_current(report):
     lines += ["", "## Missing", "",
@@ -1379,15 +1340,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       report = previous
       report["requested_seeds"] = sorted(set(report["requested_seeds"]) | set(seeds))
       print(f"resuming: {len(report['runs'])} end points already in {json_path}", flush=True)
-  params0 = init_mlp(jax.random.key(0), (784, args.hidden, args.hidden, 10))
-  command = shlex.join(["python", "benchmarks/flatness.py", *argv_list])
+  params0 = nets.init_mlp(jax.random.key(0), (784, args.hidden, args.hidden, 10), init=INIT)
+  command = provenance.command("benchmarks.flatness", argv_list)
   invocation = {"command": command, "date": "", "elapsed_s": 0.0, "endpoints": 0}
   report["invocations"].append(invocation)
   origin = provenance.provenance(
       command, dataset="generated" if data["source"].startswith("generated") else "fashion_mnist",
       dataset_fingerprint=provenance.fingerprint(data["x_train"], data["y_train"]))
   report.update(
-      command=command, machine=machine(),
+      command=command, machine=provenance.machine(),
       data=data["source"], out=benchmarks.repo_relative(args.out), data_dir=args.data_dir,
       num_params=sum(p.size for p in jax.tree.leaves(params0)),
   )
@@ -1395,9 +1356,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   def save(figure: bool) -> None:
     invocation["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     invocation["elapsed_s"] = time.perf_counter() - started
-    tmp = json_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    tmp.replace(json_path)
+    writing.json_record(json_path, report)
     write_report(report, out, figure)
 
   for seed in seeds:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The regime map on an accelerator, one resumable call (at most TIME_LIMIT seconds of training,
 # default 480, within a 10-minute call):
-#   bash benchmarks/gpu_regimes.sh DATA_DIR OUT [extra regimes.py flags]
+#   bash benchmarks/gpu_regimes.sh DATA_DIR OUT [extra benchmarks.regimes flags]
 # DATA_DIR holds the four Fashion-MNIST IDX .gz files; OUT receives regimes.json, regimes.md
 # and regimes.png. Call it again with the same OUT (keep OUT/regimes.json) until the report
 # lists no missing cell. Every record carries its provenance: final runs are judged only

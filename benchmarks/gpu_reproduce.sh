@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU reproduction in one command (about 8 minutes on one H100):
-#   bash benchmarks/gpu_reproduce.sh DATA_DIR OUT [extra reproduce.py flags]
+#   bash benchmarks/gpu_reproduce.sh DATA_DIR OUT [extra benchmarks.reproduce flags]
 # DATA_DIR holds the four Fashion-MNIST IDX .gz files (or MNIST's) and kjv.txt
-# (python benchmarks/reproduce.py --make-kjv DATA_DIR/kjv.txt writes it);
+# (python -m benchmarks.reproduce --make-kjv DATA_DIR/kjv.txt writes it);
 # OUT receives reproduction.json, reproduction.md and reproduction_<task>.png.
 # Optimizers: SGD-Nesterov, Adam, SAM and Entropy-SGD under the authors' Lua
 # recipe (Entropy-Adam on the char-LSTM), their PyTorch recipe and Pittorino
@@ -20,7 +20,7 @@ shift 2
 # The package runs from this checkout; no install needed.
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 python=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
-exec "$python" -u benchmarks/reproduce.py --preset "${PRESET:-gpu}" --tasks mnistfc,lenet,charlstm \
+exec "$python" -u -m benchmarks.reproduce --preset "${PRESET:-gpu}" --tasks mnistfc,lenet,charlstm \
   --optimizers sgd,adam,sam,entropy,entropy_pytorch,entropy_bocconi \
   --data-dir "$data_dir" --text "$data_dir/kjv.txt" --time-limit "${TIME_LIMIT:-480}" \
   --out "$out" "$@"

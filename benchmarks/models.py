@@ -26,6 +26,16 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def dropout_off(train: bool, dropout: Optional[bool]) -> bool:
+  """Whether a module of this file runs without dropout: the three modes above.
+
+  Examples:
+    >>> dropout_off(True, None), dropout_off(True, False), dropout_off(False, None)
+    (False, True, True)
+  """
+  return not (train if dropout is None else dropout)
+
+
 class MnistFC(nn.Module):
   """mnistfc: 784-1024-1024-10 with BatchNorm, dropout 0.2 in / 0.5 hidden.
 
@@ -48,7 +58,7 @@ class MnistFC(nn.Module):
   def __call__(
       self, x: jax.Array, train: bool = False, dropout: Optional[bool] = None
   ) -> jax.Array:
-    deterministic = not (train if dropout is None else dropout)
+    deterministic = dropout_off(train, dropout)
     x = x.reshape(x.shape[0], -1)
     x = nn.Dropout(self.input_dropout, deterministic=deterministic)(x)
     for _ in range(2):
@@ -81,7 +91,7 @@ class LeNet(nn.Module):
   def __call__(
       self, x: jax.Array, train: bool = False, dropout: Optional[bool] = None
   ) -> jax.Array:
-    deterministic = not (train if dropout is None else dropout)
+    deterministic = dropout_off(train, dropout)
     norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum)
     for features in self.features:
       x = nn.Conv(features, (5, 5), padding="VALID")(x)
@@ -120,7 +130,7 @@ class AllCNN(nn.Module):
   def __call__(
       self, x: jax.Array, train: bool = False, dropout: Optional[bool] = None
   ) -> jax.Array:
-    deterministic = not (train if dropout is None else dropout)
+    deterministic = dropout_off(train, dropout)
 
     def conv(x, features, kernel, stride=1, padding="SAME"):
       x = nn.Conv(features, (kernel, kernel), (stride, stride), padding=padding)(x)
@@ -162,7 +172,7 @@ class CharLSTM(nn.Module):
   def __call__(
       self, tokens: jax.Array, train: bool = False, dropout: Optional[bool] = None
   ) -> jax.Array:
-    deterministic = not (train if dropout is None else dropout)
+    deterministic = dropout_off(train, dropout)
     x = nn.Embed(self.vocab_size, self.hidden)(tokens)
     for _ in range(self.layers):
       x = nn.RNN(nn.OptimizedLSTMCell(self.hidden))(x)

@@ -69,44 +69,22 @@ import importlib.util
 import json
 import pathlib
 import statistics
-import sys
-import time
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import scipy.special
 
+from benchmarks import nets
 from benchmarks import noise_quality
 from benchmarks import provenance
+from benchmarks import writing
+from benchmarks import timing
 from entropy_optax._src import noise as noise_lib
 
-BATCH = 128
 SGD_STEPS = 10
-NOISE_SCALE = 1e-4 * np.sqrt(2 * 0.1)  # the paper's noise times sqrt(2 eta'), as speed.py
-SIZES = (784, 1024, 1024, 10)
-
-
-# ----------------------------------------------------------------------------- the model
-
-
-def init_mnistfc(key: jax.Array) -> list[dict[str, jax.Array]]:
-  keys = jax.random.split(key, len(SIZES) - 1)
-  return [
-      {"w": jax.random.normal(k, (a, b)) / np.sqrt(a), "b": jnp.zeros(b)}
-      for k, a, b in zip(keys, SIZES[:-1], SIZES[1:], strict=True)
-  ]
-
-
-def mnistfc_loss(params, batch):
-  x = batch["x"]
-  for i, layer in enumerate(params):
-    x = x @ layer["w"] + layer["b"]
-    if i < len(params) - 1:
-      x = jax.nn.relu(x)
-  return optax.softmax_cross_entropy_with_integer_labels(x, batch["y"]).mean()
+NOISE_SCALE = timing.NOISE * np.sqrt(2 * 0.1)  # the paper's noise times sqrt(2 eta'), as speed.py
 
 
 # ----------------------------------------------------------------------------- bits
@@ -450,37 +428,13 @@ def standalone_scan(draw: Callable, steps: int) -> Callable:
       tree, jnp.arange(steps, dtype=jnp.int32))[0])
 
 
-def sgd_scan():
-  tx = optax.sgd(0.1, momentum=0.9, nesterov=True)
-  grad_fn = jax.grad(mnistfc_loss)
-
-  def run(params, state, batches):
-    def body(carry, batch):
-      p, s = carry
-      updates, s = tx.update(grad_fn(p, batch), s, p)
-      return (optax.apply_updates(p, updates), s), None
-
-    return jax.lax.scan(body, (params, state), batches)[0]
-
-  return tx, jax.jit(run)
-
-
-def time_call(fn: Callable[[], Any]) -> float:
-  start = time.perf_counter()
-  jax.block_until_ready(fn())
-  return time.perf_counter() - start
-
-
 def measure(repeats: int, steps: int, burst: int = 3, only: list[str] | None = None) -> dict[str, Any]:
-  params = init_mnistfc(jax.random.key(0))
-  grads = init_mnistfc(jax.random.key(1))
+  params = nets.init_mnistfc(jax.random.key(0))
+  grads = nets.init_mnistfc(jax.random.key(1))
   n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
-  rng = np.random.default_rng(0)
-  batches = {
-      "x": jnp.asarray(rng.normal(size=(SGD_STEPS, BATCH, 784)).astype(np.float32)),
-      "y": jnp.asarray(rng.integers(0, 10, size=(SGD_STEPS, BATCH)).astype(np.int32)),
-  }
-  tx, sgd_run = sgd_scan()
+  batches = jax.tree.map(jnp.asarray, nets.random_batches(SGD_STEPS))
+  tx, sgd_run = timing.sgd_candidate(nets.cross_entropy(nets.apply_mlp), SGD_STEPS)
+  sgd_run = jax.jit(sgd_run)
   sgd_state = tx.init(params)
 
   def carry_of(dtype):
@@ -505,7 +459,7 @@ def measure(repeats: int, steps: int, burst: int = 3, only: list[str] | None = N
       calls[f"standalone|{name}"] = lambda f=alone, t=carry[0]: f(t)
   for fn in calls.values():
     jax.block_until_ready(fn())  # compile and warm up
-  best = lambda fn: min(time_call(fn) for _ in range(burst))
+  best = lambda fn: min(timing.time_call(fn) for _ in range(burst))
   times: dict[str, list[float]] = {name: [] for name in calls if not name.startswith("langevin")}
   base_of: dict[str, list[float]] = {name: [] for name in cands}
   names = list(cands)
@@ -593,8 +547,8 @@ def measure_quality(only: list[str] | None = None) -> dict[str, Any]:
 
 
 def _machine(prov: dict[str, Any]) -> str:
-  return (f"{prov['cpu']}, {prov['cores']} cores, JAX {prov['jax']} on {prov['backend']}; commit "
-          f"{prov['commit'][:7]}{' (with uncommitted changes)' if prov['dirty'] else ''}, {prov['started']}")
+  return (f"{provenance.describe(prov)}; commit {prov['commit'][:7]}"
+          f"{' (with uncommitted changes)' if prov['dirty'] else ''}, {prov['started']}")
 
 
 def cost_markdown(record: dict[str, Any]) -> list[str]:
@@ -618,15 +572,13 @@ def cost_markdown(record: dict[str, Any]) -> list[str]:
       "",
       "Fractions of that SGD step, per round: median [quartiles] (min..max).",
       "",
-      "| candidate | fused into the Langevin step | ns / normal (fused) | standalone (draw written out) | ns / normal (standalone) |",
-      "|---|---|---|---|---|",
   ]
-  for name, e in r["candidates"].items():
-    alone = e.get("standalone_fraction_of_sgd_step")
-    lines.append(
-        f"| {name} | {f(e['fused_fraction_of_sgd_step'])} | {e['fused_ns_per_normal']:.3f} | "
-        f"{f(alone) if alone else '-'} | {e.get('standalone_ns_per_normal', '-')} |")
-  return lines
+  return lines + writing.table(
+      ["candidate", "fused into the Langevin step", "ns / normal (fused)",
+       "standalone (draw written out)", "ns / normal (standalone)"],
+      ([name, f(e["fused_fraction_of_sgd_step"]), f"{e['fused_ns_per_normal']:.3f}",
+        f(e["standalone_fraction_of_sgd_step"]) if e.get("standalone_fraction_of_sgd_step") else "-",
+        e.get("standalone_ns_per_normal", "-")] for name, e in r["candidates"].items()))
 
 
 def quality_markdown(record: dict[str, Any], slack: float = 1.3) -> list[str]:
@@ -648,9 +600,8 @@ def quality_markdown(record: dict[str, Any], slack: float = 1.3) -> list[str]:
       "uniform words).",
       f"Verdict: every ratio <= {slack}, the bound of tests/test_noise_independence.py.",
       "",
-      "| candidate | within a step: z, abs z | between steps: z, abs z | between leaves: z, abs z "
-      "| fields | verdict |",
-      "|---|---|---|---|---|---|",
+      *writing.table(["candidate", "within a step: z, abs z", "between steps: z, abs z",
+                     "between leaves: z, abs z", "fields", "verdict"]),
   ]
   for name, e in r.items():
     ratios = []
@@ -671,16 +622,16 @@ def quality_markdown(record: dict[str, Any], slack: float = 1.3) -> list[str]:
       cells.append("-")
     worst = max(ratios)
     verdict = "-" if name == "numpy" else ("passes" if worst <= slack else f"fails ({worst:.2f}x)")
-    lines.append(f"| {name} | " + " | ".join(cells) + f" | {verdict} |")
+    lines.append(writing.row([name, *cells, verdict]))
   return lines
 
 
 def write_markdown(path: pathlib.Path, record: dict[str, Any]) -> None:
-  lines = ["# The Langevin noise: candidates side by side", ""]
+  lines = ["# The Langevin noise: candidates side by side"]
   for part, render in (("quality", quality_markdown), ("cost", cost_markdown)):
     if part in record:
-      lines += render(record[part]) + [""]
-  path.write_text("\n".join(lines))
+      lines += ["", *render(record[part])]
+  writing.markdown(path, lines)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -693,8 +644,7 @@ def main(argv: list[str] | None = None) -> None:
                       help="measure one part only, keeping the other part of an existing --out record")
   parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results" / "noise_candidates"))
   args = parser.parse_args(argv)
-  command = "python -m benchmarks.noise_candidates " + " ".join(
-      f"'{a}'" if " " in a else a for a in (sys.argv[1:] if argv is None else argv))
+  command = provenance.command("benchmarks.noise_candidates", argv)
   out = pathlib.Path(args.out)
   record: dict[str, Any] = {}
   if args.part != "both" and out.with_suffix(".json").exists():

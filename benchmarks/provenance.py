@@ -12,6 +12,11 @@ script that writes a record stores :func:`provenance` in it under the key
      "dataset_fingerprint": "9a1c...", "command": "python -m benchmarks.regimes ...",
      "started": "2026-12-06T00:40:00Z"}
 
+The machine and library fields come from :func:`machine`, which a report that
+describes where it ran stores as its ``machine`` and writes in words with
+:func:`describe`; :func:`command` is the command line every script records
+(``python -m benchmarks.NAME ...``) and :func:`arguments` reads one back.
+
 ``commit`` is the ``HEAD`` of the repository that holds this file, and
 ``dirty`` says whether a tracked file of ``entropy_optax/`` or
 ``benchmarks/`` (results excluded) differed from it: a dirty record ran code
@@ -28,8 +33,10 @@ import importlib.metadata
 import os
 import pathlib
 import platform
+import shlex
 import subprocess
-from typing import Any, Optional
+import sys
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -96,28 +103,123 @@ def fingerprint(*arrays: np.ndarray) -> str:
   return h.hexdigest()[:16]
 
 
+def l3_cache() -> str:
+  """The last-level cache of CPU 0 from sysfs (``"32 MiB"``), or ``""`` where it is not exposed."""
+  try:
+    size = pathlib.Path("/sys/devices/system/cpu/cpu0/cache/index3/size").read_text().strip()
+  except OSError:
+    return ""
+  return f"{int(size[:-1]) // 1024} MiB" if size.endswith("K") and size[:-1].isdigit() else size
+
+
+def machine() -> dict[str, Any]:
+  """The machine and library versions of this process, as records store them.
+
+  The CPU (model, cores, L3 cache), the default backend and its devices, and
+  the versions of Python, jax, jaxlib, optax, flax and entropy_optax; the
+  same names :func:`provenance` uses, so :func:`machine_label` and
+  :func:`describe` read either.
+  """
+  import jax  # noqa: PLC0415  (provenance of data-only scripts must not need jax at import)
+
+  import entropy_optax  # noqa: PLC0415  (the same)
+
+  devices = jax.devices()
+  return {
+      "cpu": cpu_model(), "cores": os.cpu_count(), "l3_cache": l3_cache(),
+      "backend": jax.default_backend(), "device_kind": devices[0].device_kind,
+      "device_count": len(devices), "python": platform.python_version(),
+      "jax": jax.__version__, "jaxlib": _version("jaxlib"), "optax": _version("optax"),
+      "flax": _version("flax"), "entropy_optax": entropy_optax.__version__,
+  }
+
+
+def describe(info: dict[str, Any]) -> str:
+  """A :func:`machine` (or a provenance) in words: the machine, then jax, its backend, the package.
+
+  Examples:
+    >>> describe({"cpu": "AMD EPYC", "cores": 2, "backend": "cpu", "jax": "0.10.2",
+    ...           "entropy_optax": "0.3.0"})
+    'AMD EPYC, 2 cores; JAX 0.10.2 on cpu; entropy_optax 0.3.0'
+    >>> describe({"cpu": "Intel Xeon", "cpus": 2, "backend": "cpu", "jax": "0.8.1"})  # before 0.3
+    'Intel Xeon, 2 cores; JAX 0.8.1 on cpu'
+  """
+  cores = info.get("cores", info.get("cpus", UNKNOWN))  # machine records before 0.3: "cpus"
+  text = f"{info.get('cpu', UNKNOWN)}, {cores} cores"
+  if info.get("backend") not in (None, "cpu", UNKNOWN):
+    text += f", {machine_label(info)}"
+  text += f"; JAX {info.get('jax', UNKNOWN)} on {info.get('backend', UNKNOWN)}"
+  return text + (f"; entropy_optax {info['entropy_optax']}" if info.get("entropy_optax") else "")
+
+
+def command(module: str, argv: Optional[Sequence[str]] = None) -> str:
+  """The command line that runs ``module`` with ``argv`` (this process's arguments by default).
+
+  Examples:
+    >>> command("benchmarks.speed", ["--models", "lm", "--out", "/tmp/a b"])
+    "python -m benchmarks.speed --models lm --out '/tmp/a b'"
+  """
+  return shlex.join(["python", "-m", module, *(sys.argv[1:] if argv is None else argv)])
+
+
+def arguments(command_line: str) -> list[str]:
+  """The arguments of a recorded command line, after its program.
+
+  The program is ``python -m benchmarks.NAME``, or ``python benchmarks/NAME.py`` in records
+  written before the scripts ran as modules; a leading ``nohup`` is skipped.
+
+  Examples:
+    >>> arguments("python -m benchmarks.tune --quick"), arguments("python benchmarks/tune.py --quick")
+    (['--quick'], ['--quick'])
+    >>> arguments("nohup python -m benchmarks.reproduce --preset paper --out 'a b'")
+    ['--preset', 'paper', '--out', 'a b']
+  """
+  words = shlex.split(command_line)
+  if words[:1] == ["nohup"]:
+    words = words[1:]
+  return words[3:] if words[1:2] == ["-m"] else words[2:]
+
+
+def without(argv: Sequence[str], flags: Sequence[str], *,
+            switches: Sequence[str] = ()) -> list[str]:
+  """``argv`` without ``flags`` and their values (``switches``: the flags that take none).
+
+  Examples:
+    >>> without(["--quick", "--tasks", "a", "--out=o", "--seeds", "2"],
+    ...         ["--quick", "--tasks", "--out"], switches=["--quick"])
+    ['--seeds', '2']
+  """
+  kept, skip = [], False
+  for word in argv:
+    if skip:
+      skip = False
+      continue
+    name = word.split("=", 1)[0]
+    if name in flags:
+      skip = "=" not in word and name not in switches
+      continue
+    kept.append(word)
+  return kept
+
+
 def provenance(command: str, *, dataset: Optional[str] = None,
                dataset_fingerprint: Optional[str] = None) -> dict[str, Any]:
   """The provenance of a record made now, in this process, by ``command``.
 
   Args:
-    command: the command line that reproduces the record.
+    command: the command line that reproduces the record (:func:`command`).
     dataset: the data's name (e.g. ``"fashion_mnist"``), or None when no data is read.
     dataset_fingerprint: :func:`fingerprint` of the data as trained on.
 
   Returns:
     A dict with every key of ``FIELDS``.
   """
-  import jax  # noqa: PLC0415  (provenance of data-only scripts must not need jax at import)
-
   head, dirty = commit()
-  devices = jax.devices()
+  info = machine()
   return {
       "commit": head, "dirty": dirty,
-      "jax": jax.__version__, "jaxlib": _version("jaxlib"), "optax": _version("optax"),
-      "flax": _version("flax"), "python": platform.python_version(),
-      "backend": jax.default_backend(), "device_kind": devices[0].device_kind,
-      "device_count": len(devices), "cpu": cpu_model(), "cores": os.cpu_count(),
+      **{k: info[k] for k in ("jax", "jaxlib", "optax", "flax", "python", "backend",
+                              "device_kind", "device_count", "cpu", "cores")},
       "dataset": dataset or UNKNOWN, "dataset_fingerprint": dataset_fingerprint or UNKNOWN,
       "command": command,
       "started": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),

@@ -34,7 +34,6 @@ import hashlib
 import json
 import math
 import pathlib
-import shlex
 import sys
 import time
 from typing import Any, Optional, Sequence
@@ -48,6 +47,7 @@ from benchmarks import datasets as data_lib
 from benchmarks import provenance
 from benchmarks import reproduce
 from benchmarks import stats
+from benchmarks import writing
 from benchmarks import tune
 from entropy_optax import recipes
 
@@ -175,11 +175,7 @@ def search_configs(optimizer: str, count: int, *, search_seed: int = 0) -> list[
   """
   space = SPACES[optimizer]
   rng = np.random.default_rng([search_seed, 100 + OPTIMIZERS.index(optimizer)])
-  configs = [{k: v[0] for k, v in space.items()}]
-  for u in tune._strata(rng, count, [tune._unit(*v) for v in space.values()]):
-    configs.append({k: tune._log(ui, lo, hi)
-                    for ui, (k, (_, lo, hi)) in zip(u, space.items(), strict=True)})
-  return configs
+  return tune.latin_hypercube(space, count, rng)
 
 
 def scope(gamma0: Any, ratio: Any, steps: int) -> optax.Schedule:
@@ -266,7 +262,7 @@ def make_task(train: tuple[np.ndarray, np.ndarray], score: tuple[np.ndarray, np.
               batch_size: int, quick: bool) -> reproduce.Task:
   """reproduce.py's mnistfc on ``train``, scoring ``score``, at ``batch_size``."""
   dataset = data_lib.Dataset(train[0], train[1], score[0], score[1], source="")
-  task = reproduce._image_task(TASK, dataset, reproduce.Budget(1, 1, 0), quick, 0)
+  task = reproduce.image_task(TASK, dataset, reproduce.Budget(1, 1, 0), quick, 0)
   return dataclasses.replace(task, batch_size=batch_size)
 
 
@@ -322,11 +318,6 @@ def final_cells(db: dict[str, Any], regime: str) -> tuple[Optional[str], dict[st
     return None, {}
   best = max(by_origin, key=lambda o: (sum(map(len, by_origin[o].values())), o))
   return best, {o: sorted(c, key=lambda c: c["seed"]) for o, c in by_origin[best].items()}
-
-
-def _mean_std(values: Sequence[float]) -> str:
-  a = np.asarray(values, np.float64)
-  return f"{a.mean():.2f} ± {a.std(ddof=1) if len(a) > 1 else 0.0:.2f}"
 
 
 def regime_summary(db: dict[str, Any], regime: str, preset: Preset) -> dict[str, Any]:
@@ -500,25 +491,21 @@ def write_report(out: pathlib.Path, db: dict[str, Any], preset: Preset, command:
     else:
       some = next(c for cs in final_cells(db, name)[1].values() for c in cs)
       lines += [f"Final runs on {provenance.machine_label(some['provenance'])}, commit "
-                f"`{some['provenance']['commit'][:10]}`, jax {some['provenance']['jax']}.", "",
-                "| optimizer | chosen configuration | seeds | final test error % "
-                "| best-on-validation test error % |", "|---|---|---|---|---|"]
-      for opt in OPTIMIZERS:
-        row = summary["rows"][opt]
-        if not row["seeds"]:
-          continue
-        config = tune.describe(row["config"])
-        lines.append(f"| {LABELS[opt]} | {config} | {row['seeds']} | {_mean_std(row['final'])} "
-                     f"| {_mean_std(row['best_val'])} |")
-      lines += ["", "| Entropy-SGD recipe vs | final | p | best-on-validation | p |",
-                "|---|---|---|---|---|"]
-      for e in ENTROPY:
-        for b in ("sgd", "adam", "sam"):
-          v = {x["metric"]: x for x in summary["verdicts"] if x["entropy"] == e
-               and x["baseline"] == b}
-          lines.append(f"| {LABELS[e]} vs {LABELS[b]} | {v['final']['verdict']} | "
-                       f"{v['final']['p']:.3g} | {v['best_val']['verdict']} | "
-                       f"{v['best_val']['p']:.3g} |")
+                f"`{some['provenance']['commit'][:10]}`, jax {some['provenance']['jax']}.", ""]
+      lines += writing.table(
+          ["optimizer", "chosen configuration", "seeds", "final test error %",
+           "best-on-validation test error %"],
+          ([LABELS[opt], tune.describe(row["config"]), row["seeds"], writing.mean_std(row["final"]),
+            writing.mean_std(row["best_val"])]
+           for opt, row in summary["rows"].items() if row["seeds"]))
+      lines += [""]
+      verdicts = {(x["entropy"], x["baseline"], x["metric"]): x for x in summary["verdicts"]}
+      lines += writing.table(
+          ["Entropy-SGD recipe vs", "final", "p", "best-on-validation", "p"],
+          ([f"{LABELS[e]} vs {LABELS[b]}", verdicts[e, b, "final"]["verdict"],
+            f"{verdicts[e, b, 'final']['p']:.3g}", verdicts[e, b, "best_val"]["verdict"],
+            f"{verdicts[e, b, 'best_val']['p']:.3g}"]
+           for e in ENTROPY for b in ("sgd", "adam", "sam")))
       lines.append("")
     for opt in OPTIMIZERS:
       searched = sum(search_key(name, opt, i, s) in db["cells"] for i in range(preset.configs)
@@ -536,10 +523,11 @@ def write_report(out: pathlib.Path, db: dict[str, Any], preset: Preset, command:
 
 
 def complete_command(command: str, regime: str, optimizer: str) -> str:
-  argv = tune._strip(shlex.split(command)[3:], ("--regimes", "--optimizers", "--time-limit",
-                                                "--report-only"))
-  return shlex.join(["python", "-m", "benchmarks.regimes", *argv, "--regimes", regime,
-                     "--optimizers", optimizer])
+  argv = provenance.without(provenance.arguments(command),
+                            ("--regimes", "--optimizers", "--time-limit", "--report-only"),
+                            switches=("--report-only",))
+  return provenance.command("benchmarks.regimes",
+                            [*argv, "--regimes", regime, "--optimizers", optimizer])
 
 
 # --------------------------------------------------------------------------- running
@@ -584,9 +572,7 @@ class Map:
     self.runs = 0
 
   def save(self) -> None:
-    tmp = self.path.with_suffix(f".json.{id(self)}.tmp")
-    tmp.write_text(json.dumps(self.db, indent=1))
-    tmp.replace(self.path)
+    writing.json_record(self.path, self.db)
     write_report(self.out, self.db, self.preset, self.command)
 
   def runner(self, task: reproduce.Task, optimizer: str) -> tune.Runner:
@@ -610,7 +596,7 @@ class Map:
       if evaluate and (done % self.preset.eval_every == 0 or done == runner.epochs):
         curves["eff_epochs"].append(done)
         for name, t in evaluate.items():
-          curves[name].append(float(tune._evaluate(t)(params, model_state, t.arrays)))
+          curves[name].append(float(tune.evaluator(t)(params, model_state, t.arrays)))
 
     result = runner.run(task, {**config, "batch_scale": scale}, seed, on_epoch)
     result.update(curves=curves, gradient_evaluations=runner.gradient_evaluations)
@@ -691,7 +677,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
   argv = list(sys.argv[1:] if argv is None else argv)
   start = time.time()
   deadline = math.inf if args.time_limit is None else start + args.time_limit
-  command = shlex.join(["python", "-m", "benchmarks.regimes", *argv])
+  command = provenance.command("benchmarks.regimes", argv)
   the_map = Map(args, command)
   if not args.report_only:
     dataset = load_data(args)

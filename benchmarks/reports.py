@@ -13,9 +13,9 @@ records' provenance (:func:`machine`), never from the file it sits in.
 from its committed records; ``tests/test_evidence.py`` rebuilds each and
 fails on any difference.
 
-    python benchmarks/reports.py              # rebuild every report
-    python benchmarks/reports.py --figures    # and the reproductions' and flatness figures
-    python benchmarks/reports.py --check      # exit 1 if a committed report differs
+    python -m benchmarks.reports              # rebuild every report
+    python -m benchmarks.reports --figures    # and the reproductions' and flatness figures
+    python -m benchmarks.reports --check      # exit 1 if a committed report differs
 """
 
 from __future__ import annotations
@@ -30,11 +30,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-if not __package__:  # run as a script: make the package `benchmarks` importable
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-
-from benchmarks import provenance  # noqa: E402
-from benchmarks import stats  # noqa: E402
+from benchmarks import provenance
+from benchmarks import stats
 
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent

@@ -35,16 +35,16 @@ JSON (``--report-only`` rebuilds them alone; ``--target-preset`` names the
 budgets whose missing cells the report lists, with the command that completes
 each).
 
-    python benchmarks/reproduce.py --help
-    python benchmarks/reproduce.py --quick --out /tmp/q            # smoke test
-    python benchmarks/reproduce.py --preset gpu --data-dir .data --text .data/kjv.txt
+    python -m benchmarks.reproduce --help
+    python -m benchmarks.reproduce --quick --out /tmp/q            # smoke test
+    python -m benchmarks.reproduce --preset gpu --data-dir .data --text .data/kjv.txt
     # The paper's budgets on 2 CPU cores, in the background (days); rerun the
     # same command after an interruption to resume:
-    nohup python benchmarks/reproduce.py --preset paper --tasks mnistfc,lenet \\
+    nohup python -m benchmarks.reproduce --preset paper --tasks mnistfc,lenet \\
         --out benchmarks/results/paper > paper.log 2>&1 &
-    nohup python benchmarks/reproduce.py --preset paper --tasks charlstm \\
+    nohup python -m benchmarks.reproduce --preset paper --tasks charlstm \\
         --text .data/kjv.txt --out benchmarks/results/paper > paper_lstm.log 2>&1 &
-    python benchmarks/reproduce.py --report-only --target-preset paper \\
+    python -m benchmarks.reproduce --report-only --target-preset paper \\
         --out benchmarks/results/paper
 """
 
@@ -57,10 +57,8 @@ import fcntl
 import io
 import json
 import math
-import os
 import pathlib
 import platform
-import shlex
 import shutil
 import subprocess
 import sys
@@ -73,16 +71,12 @@ import numpy as np
 import optax
 
 import entropy_optax
+from benchmarks import datasets as data_lib
+from benchmarks import models
+from benchmarks import provenance
+from benchmarks import reports
+from benchmarks import writing
 from entropy_optax import recipes
-
-if not __package__:
-  # Run as `python benchmarks/reproduce.py`: make the package `benchmarks` importable.
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-
-from benchmarks import datasets as data_lib  # noqa: E402
-from benchmarks import models  # noqa: E402
-from benchmarks import provenance  # noqa: E402
-from benchmarks import reports  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
 TASKS = ("mnistfc", "lenet", "charlstm", "allcnn")
@@ -187,7 +181,7 @@ def task_fingerprint(task: Task) -> str:
   return provenance.fingerprint(*(np.asarray(task.arrays[k]) for k in sorted(task.arrays)))
 
 
-def _image_task(name: str, dataset: data_lib.Dataset, budget: Budget, quick: bool,
+def image_task(name: str, dataset: data_lib.Dataset, budget: Budget, quick: bool,
                 seed: int) -> Task:
   if 0 < budget.train_size < len(dataset.y_train):
     keep = np.random.default_rng(seed).permutation(len(dataset.y_train))[: budget.train_size]
@@ -214,10 +208,10 @@ def _image_task(name: str, dataset: data_lib.Dataset, budget: Budget, quick: boo
   def evaluate(params, model_state, arrays):
     del model_state  # recomputed: the running averages follow the walker, not the anchor
     chunks = [arrays["bn"][i] for i in range(arrays["bn"].shape[0])]
-    stats = models.recompute_batch_stats(model, params, chunks)
+    recomputed = models.recompute_batch_stats(model, params, chunks)
     errors = jax.lax.map(
         lambda xy: jnp.sum(jnp.argmax(model.apply(
-            {"params": params, "batch_stats": stats}, xy[0]), -1) != xy[1]),
+            {"params": params, "batch_stats": recomputed}, xy[0]), -1) != xy[1]),
         (arrays["x_test"], arrays["y_test"]))
     return 100.0 * errors.sum() / usable
 
@@ -379,7 +373,7 @@ def make_optimizer(task: str, name: str, steps_per_epoch: int, epochs: int, seed
       inner_momentum=0.9, nesterov=True, weight_decay=wd, key=seed, unroll=unroll)
 
 
-def _sam_step(loss_fn: Callable[..., Any], tx: Any,
+def sam_step(loss_fn: Callable[..., Any], tx: Any,
               unroll: bool = False) -> Callable[..., tuple[Any, ...]]:
   """make_train_step's contract for SAM: two gradients per minibatch.
 
@@ -540,7 +534,7 @@ class Cell:
     txs = [make_optimizer(task.name, optimizer, self.calls, self.epochs, seed, self.inner_steps,
                           unroll) for seed in self.seeds]
     if optimizer == "sam":
-      step = _sam_step(task.loss, txs[0], unroll=unroll)
+      step = sam_step(task.loss, txs[0], unroll=unroll)
     else:
       step = entropy_optax.make_train_step(task.loss, txs[0], has_state=True, donate=False,
                                            unroll=unroll)
@@ -731,7 +725,7 @@ def _load_task(name: str, args: argparse.Namespace, budget: Budget) -> Optional[
       if dataset.source.startswith("generated"):
         print(f"skip {name}: {dataset.source}", flush=True)
         return None
-    return _image_task(name, dataset, budget, args.quick, args.subset_seed)
+    return image_task(name, dataset, budget, args.quick, args.subset_seed)
   if name == "allcnn":
     if not args.cifar_dir:
       print("skip allcnn: no --cifar-dir (the cifar-10-batches-py folder)", flush=True)
@@ -740,7 +734,7 @@ def _load_task(name: str, args: argparse.Namespace, budget: Budget) -> Optional[
     x_train, x_test = zca_whiten(dataset.x_train, dataset.x_test)
     dataset = dataset._replace(x_train=x_train, x_test=x_test,
                                source=f"CIFAR-10, ZCA: {dataset.source}")
-    return _image_task(name, dataset, budget, args.quick, args.subset_seed)
+    return image_task(name, dataset, budget, args.quick, args.subset_seed)
   if not args.text or not pathlib.Path(args.text).is_file():
     print(f"skip charlstm: no --text file ({args.text}); --make-kjv PATH writes the KJV",
           flush=True)
@@ -785,7 +779,7 @@ def _old_record_budget(record: dict[str, Any]) -> dict[str, Any]:
   budget = {"eff_epochs": record["budget_eff_epochs"], "train_size": None, "quick": False}
   try:
     with contextlib.redirect_stderr(io.StringIO()):
-      args = parse_args(shlex.split(record["command"])[2:])
+      args = parse_args(provenance.arguments(record["command"]))
   except (SystemExit, KeyError, ValueError):
     return budget
   given = budget_for(record["task"], args)
@@ -815,11 +809,6 @@ def normalized_runs(runs: dict[str, Any]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- report
-
-
-def _stats(values: Sequence[float]) -> tuple[float, float]:
-  a = np.asarray(values, np.float64)
-  return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -891,7 +880,7 @@ def rerun_command(records: Sequence[dict[str, Any]], task: str,
   under ``benchmarks/results/rerun/``, so that no record without provenance
   is resumed or pooled with the new ones.
   """
-  words = shlex.split(records[0]["command"])[2:]
+  words = provenance.arguments(records[0]["command"])
   flags = dict(_flags(words))
   preset = "quick" if "--quick" in flags else flags.get("--preset") or "cpu"
   return completing_command(words, f"{reports.RERUN_ROOT}/{preset}", preset, task,
@@ -978,26 +967,24 @@ def report_markdown(runs: dict[str, Any], target: Optional[Target] = None) -> st
                 f"Data: {recs_at[0]['data']} ({recs_at[0]['train_items']} training "
                 f"{'windows of 50 characters' if task == 'charlstm' else 'images'}); "
                 f"the paper used **{PAPER_DATA[task]}**, so its numbers are not directly "
-                "comparable.",
-                "", f"| optimizer | seeds | eff. epochs | final {metric} | best {metric} "
-                f"| paper ({PAPER_DATA[task]}) | wall s (seeds together) | run on | code "
-                "| command |",
-                "|---|---|---|---|---|---|---|---|---|---|"]
+                "comparable.", "",
+                *writing.table(["optimizer", "seeds", "eff. epochs", f"final {metric}",
+                               f"best {metric}", f"paper ({PAPER_DATA[task]})",
+                               "wall s (seeds together)", "run on", "code", "command"])]
       for opt, recs in by_opt.items():
         if not recs:
           continue
-        final = _stats([r["metric"][-1] for r in recs])
-        best = _stats([min(r["metric"]) for r in recs])
         reached = min(r["eff_epochs"][-1] for r in recs)
         partial = ("" if all(r["complete"] for r in recs)
                    else f" (stopped at {reached} of {recs[0]['budget_eff_epochs']})")
         paper = PAPER[task].get(opt)
-        paper_text = f"{paper[0]} ± {paper[1]} @ {paper[2]}" if paper else "-"
-        walls = " + ".join(f"{w:.0f}" for w in sorted({r["cell_seconds"] for r in recs}))
-        lines.append(
-            f"| {labels[opt]} | {len(recs)} | {reached}{partial} | {final[0]:.3f} ± {final[1]:.3f} "
-            f"| {best[0]:.3f} ± {best[1]:.3f} | {paper_text} | {walls} "
-            f"| {reports.machines(recs)} | {reports.codes(recs)} | `{recs[0]['command']}` |")
+        lines.append(writing.row([
+            labels[opt], len(recs), f"{reached}{partial}",
+            writing.mean_std([r["metric"][-1] for r in recs], 3),
+            writing.mean_std([min(r["metric"]) for r in recs], 3),
+            f"{paper[0]} ± {paper[1]} @ {paper[2]}" if paper else "-",
+            " + ".join(f"{w:.0f}" for w in sorted({r["cell_seconds"] for r in recs})),
+            reports.machines(recs), reports.codes(recs), f"`{recs[0]['command']}`"]))
       complete = {o: recs for o, recs in by_opt.items()
                   if recs and all(r["complete"] for r in recs)}
       pairs = [(e, b) for e in ENTROPY_VARIANTS for b in BASELINES
@@ -1111,13 +1098,13 @@ def completing_command(argv: Sequence[str], out: str, preset: str, task: str, op
   Examples:
     >>> completing_command(["--report-only", "--target-preset", "paper"], "r", "paper",
     ...                    "lenet", "sgd")
-    'nohup python benchmarks/reproduce.py --preset paper --tasks lenet --optimizers sgd --out r &'
+    'nohup python -m benchmarks.reproduce --preset paper --tasks lenet --optimizers sgd --out r &'
   """
   other_data = {f for flags in _DATA_FLAGS.values() for f in flags} - set(_DATA_FLAGS[task])
   pairs = [(f, v) for f, v in _flags(argv) if f not in _NOT_CARRIED and f not in other_data]
   have = {f for f, _ in pairs}
   for command in earlier_commands:
-    for flag, value in _flags(shlex.split(command)[2:]):
+    for flag, value in _flags(provenance.arguments(command)):
       if flag in _DATA_FLAGS[task] and flag not in have:
         pairs.append((flag, value))
         have.add(flag)
@@ -1127,7 +1114,7 @@ def completing_command(argv: Sequence[str], out: str, preset: str, task: str, op
   for flag, value in pairs:
     words += [flag] if value is None else [flag, value]
   words += ["--tasks", task, "--optimizers", optimizer, "--out", out]
-  return f"nohup python benchmarks/reproduce.py {shlex.join(words)} &"
+  return f"nohup {provenance.command('benchmarks.reproduce', words)} &"
 
 
 def make_kjv(path: pathlib.Path) -> None:
@@ -1140,7 +1127,7 @@ def make_kjv(path: pathlib.Path) -> None:
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   """The command line."""
   parser = argparse.ArgumentParser(
-      prog="python benchmarks/reproduce.py", description=__doc__.split("\n\n")[0],
+      prog="python -m benchmarks.reproduce", description=__doc__.split("\n\n")[0],
       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
                       help="budgets per task: paper (the paper's), gpu (~6 min on an H100), "
@@ -1214,13 +1201,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
   argv = list(sys.argv[1:] if argv is None else argv)
   start = time.time()
   deadline = math.inf if args.time_limit is None else start + args.time_limit
-  command = "python benchmarks/reproduce.py " + shlex.join(argv)
+  command = provenance.command("benchmarks.reproduce", argv)
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   runs_path = out / "reproduction.json"
   runs = load_runs(runs_path)
-  device = (f"{jax.devices()[0].device_kind} ({jax.default_backend()}), {os.cpu_count()} CPUs, "
-            f"{platform.node()}")
+  info = provenance.machine()
+  device = f"{info['device_kind']} ({info['backend']}), {info['cores']} CPUs, {platform.node()}"
   if args.make_kjv:
     make_kjv(pathlib.Path(args.make_kjv))
     args.text = args.make_kjv
@@ -1239,9 +1226,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
           runs["runs"][key] = record
       sessions = on_disk["sessions"] + [s for s in runs["sessions"] if s not in on_disk["sessions"]]
       runs["sessions"] = sessions
-      tmp = runs_path.with_suffix(f".json.{os.getpid()}.tmp")
-      tmp.write_text(json.dumps(runs, indent=1))
-      tmp.replace(runs_path)
+      writing.json_record(runs_path, runs)
 
   if not args.report_only:
     print(f"jax {jax.__version__} on {device}; preset {args.preset}; out {out}", flush=True)

@@ -21,8 +21,8 @@ Configurations:
 
 Usage::
 
-  python benchmarks/scaling.py                  # writes results/scaling.{md,json}
-  python benchmarks/scaling.py --devices 1 2 --outer-steps 2 --out /tmp/scaling
+  python -m benchmarks.scaling                  # writes results/scaling.{md,json}
+  python -m benchmarks.scaling --devices 1 2 --outer-steps 2 --out /tmp/scaling
 """
 
 from __future__ import annotations
@@ -31,11 +31,14 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import subprocess
 import sys
 import tempfile
 import time
+
+import benchmarks
+from benchmarks import provenance
+from benchmarks import writing
 
 HERE = pathlib.Path(__file__).resolve().parent
 REPLICAS = 4
@@ -71,9 +74,6 @@ def worker(args: argparse.Namespace) -> None:
   from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
   import entropy_optax
-
-  if not __package__:  # run as `python benchmarks/scaling.py`: make `benchmarks` importable
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
   from benchmarks import hlo
 
   n_dev, L, steps = args.worker, args.inner_steps, args.outer_steps
@@ -166,6 +166,7 @@ def worker(args: argparse.Namespace) -> None:
   np.savez(out / f"params_{n_dev}.npz", **{f"{name}|{key}": value for name, tree in finals.items()
                                            for key, value in tree.items()})
   (out / f"results_{n_dev}.json").write_text(json.dumps(results))
+  (out / f"machine_{n_dev}.json").write_text(json.dumps(provenance.machine()))
 
 
 def summarize(ops: list[dict], inner_steps: int, interleaved: bool) -> str:
@@ -198,12 +199,14 @@ def main(argv: list[str] | None = None) -> None:
     for n in args.devices:
       env = dict(os.environ) if args.accelerator else dict(
           os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}", JAX_PLATFORMS="cpu")
-      cmd = [sys.executable, __file__, "--worker", str(n), "--worker-dir", tmp,
+      cmd = [sys.executable, "-m", "benchmarks.scaling", "--worker", str(n), "--worker-dir", tmp,
              "--inner-steps", str(args.inner_steps), "--outer-steps", str(args.outer_steps),
              "--width", str(args.width), "--batch-size", str(args.batch_size)]
       print(f"{n} device(s) ...", flush=True)
-      subprocess.run(cmd, env=env, check=True)
+      subprocess.run(cmd, env=env, check=True, cwd=HERE.parent)
       raw[n] = json.loads((pathlib.Path(tmp) / f"results_{n}.json").read_text())
+    # The parent never imports jax (on an accelerator it would take the memory the workers need).
+    info = json.loads((pathlib.Path(tmp) / f"machine_{args.devices[0]}.json").read_text())
     base = np.load(pathlib.Path(tmp) / f"params_{args.devices[0]}.npz")
     for n in args.devices:
       finals = np.load(pathlib.Path(tmp) / f"params_{n}.npz")
@@ -215,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
                      summarize(res["collectives"], args.inner_steps, "interleaved" in name)))
   sizes = (64, args.width, args.width, 10)
   n_params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
-  command = "python benchmarks/scaling.py " + " ".join(argv if argv is not None else sys.argv[1:])
+  command = provenance.command("benchmarks.scaling", argv)
   machine_line = (
       "one device of JAX's default backend (the GPU where there is one); its times are real."
       if args.accelerator
@@ -224,8 +227,8 @@ def main(argv: list[str] | None = None) -> None:
   lines = [
       "# Scaling out" + (" on one accelerator" if args.accelerator else " on simulated CPU devices"),
       "",
-      f"Command: `{command.strip()}`  ",
-      f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, " + machine_line,
+      f"Command: `{command}`  ",
+      f"Machine: {provenance.describe(info)}; " + machine_line,
       "",
       f"MLP 64-{args.width}-{args.width}-10, L = {args.inner_steps}, {args.outer_steps} outer steps, "
       f"batch {args.batch_size}; Entropy-SGD FSDP + data parallel over all N devices; Parle "
@@ -244,16 +247,13 @@ def main(argv: list[str] | None = None) -> None:
       "result bytes per device; an op in the fused scan body is counted once but runs L - 1 times per "
       "outer step; interleaved mode: per call (L calls per outer step).",
       "",
-      f"| configuration | devices | max abs diff | time / outer step ({'measured' if args.accelerator else 'simulated'}) | collectives per compiled step |",
-      "|---|---|---|---|---|",
+      *writing.table(["configuration", "devices", "max abs diff", "time / outer step ("
+                     + ("measured" if args.accelerator else "simulated") + ")",
+                     "collectives per compiled step"],
+                    ([name, n, f"{diff:.1e}", f"{seconds * 1e3:.1f} ms", coll]
+                     for name, n, diff, seconds, coll in rows)),
   ]
-  for name, n, diff, seconds, coll in rows:
-    lines.append(f"| {name} | {n} | {diff:.1e} | {seconds * 1e3:.1f} ms | {coll} |")
-  (out / "scaling.md").write_text("\n".join(lines) + "\n")
-  if not __package__:  # run as `python benchmarks/scaling.py`: make `benchmarks` importable
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-  import benchmarks
-
+  writing.markdown(out / "scaling.md", lines)
   (out / "scaling.json").write_text(json.dumps({"args": dict(vars(args), out=benchmarks.repo_relative(args.out)),
                                                "results": raw}, indent=1))
   print("\n".join(lines))

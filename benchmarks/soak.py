@@ -12,15 +12,14 @@ input of one of its L minibatches is set to NaN or +-Inf. The run checks that
 
 Usage::
 
-  python benchmarks/soak.py                   # 10,000 outer steps, writes results/soak.md
-  python benchmarks/soak.py --outer-steps 2000 --out /tmp/soak.md
+  python -m benchmarks.soak                   # 10,000 outer steps, writes results/soak.md
+  python -m benchmarks.soak --outer-steps 2000 --out /tmp/soak.md
 """
 
 from __future__ import annotations
 
 import argparse
 import pathlib
-import platform
 import sys
 import time
 from typing import Any, NamedTuple
@@ -31,6 +30,8 @@ import numpy as np
 import optax
 
 import entropy_optax
+from benchmarks import nets
+from benchmarks import provenance
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 SIZES = (64, 32, 10)
@@ -75,23 +76,7 @@ def load_digits() -> tuple[jax.Array, jax.Array]:
   return jnp.asarray(digits.data / 16.0, jnp.float32), jnp.asarray(digits.target, jnp.int32)
 
 
-def init_mlp(key: jax.Array) -> list[dict[str, jax.Array]]:
-  keys = jax.random.split(key, len(SIZES) - 1)
-  return [
-      {"w": jax.random.normal(k, (a, b)) * np.sqrt(2.0 / a), "b": jnp.zeros(b)}
-      for k, a, b in zip(keys, SIZES[:-1], SIZES[1:])
-  ]
-
-
-def logits_fn(params: list[dict[str, jax.Array]], x: jax.Array) -> jax.Array:
-  for layer in params[:-1]:
-    x = jax.nn.relu(x @ layer["w"] + layer["b"])
-  return x @ params[-1]["w"] + params[-1]["b"]
-
-
-def loss_fn(params: list[dict[str, jax.Array]], batch: dict[str, jax.Array]) -> jax.Array:
-  logits = logits_fn(params, batch["x"])
-  return optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
+loss_fn = nets.cross_entropy(nets.apply_mlp)
 
 
 def make_tx(config: SoakConfig) -> optax.GradientTransformationExtraArgs:
@@ -161,7 +146,7 @@ class Soak:
 
   def run(self) -> SoakResult:
     c = self.config
-    params = init_mlp(jax.random.key(c.seed))
+    params = nets.init_mlp(jax.random.key(c.seed), SIZES, init="he")
     opt_state = self.tx.init(params)
     loss_before = float(self._loss(params))
     all_finite, rss = True, []
@@ -175,7 +160,7 @@ class Soak:
       all_finite &= bool(finite)
       rss.append(rss_mib())
     seconds = time.perf_counter() - start
-    logits = logits_fn(params, self.x)
+    logits = nets.apply_mlp(params, self.x)
     return SoakResult(
         anchor=params,
         skipped=int(opt_state.skipped),
@@ -207,7 +192,7 @@ def report(config: SoakConfig, first: SoakResult, second: SoakResult, command: s
 
 Command: `{command}`
 
-Machine: {platform.machine()}, {platform.system()}, jax {jax.__version__} on {jax.devices()[0].platform}
+Machine: {provenance.describe(provenance.machine())}
 
 Setup: 64-32-10 ReLU MLP on scikit-learn digits (1797 images), batch {config.batch},
 L = {config.inner_steps} (so {config.outer_steps * config.inner_steps:,} gradient evaluations),
@@ -249,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
   )
   soak = Soak(config)
   first, second = soak.run(), soak.run()
-  command = " ".join(["python", "benchmarks/soak.py", *(sys.argv[1:] if argv is None else argv)])
+  command = provenance.command("benchmarks.soak", argv)
   text = report(config, first, second, command)
   args.out.parent.mkdir(parents=True, exist_ok=True)
   args.out.write_text(text)

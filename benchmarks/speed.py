@@ -17,11 +17,14 @@ Memory: XLA's memory analysis of the compiled fused step (temporary bytes,
 with params and state donated) and the optimizer state's bytes, as multiples
 of the parameter bytes.
 
+Its networks come from :mod:`benchmarks.nets`, the programs it compares and
+how it times them from :mod:`benchmarks.timing`.
+
 Usage::
 
-  python benchmarks/speed.py                      # full run, writes results/speed.{md,json}
-  python benchmarks/speed.py --models mnistfc --inner-steps 5 --repeats 3 --out /tmp/speed
-  python benchmarks/speed.py --models lm --no-torch   # the ~63 M-parameter transformer (accelerator)
+  python -m benchmarks.speed                      # full run, writes results/speed.{md,json}
+  python -m benchmarks.speed --models mnistfc --inner-steps 5 --repeats 3 --out /tmp/speed
+  python -m benchmarks.speed --models lm --no-torch   # the ~63 M-parameter transformer (accelerator)
 
 ``lm`` is a decoder-only transformer language model of about 63 M parameters
 (width 768, 8 layers, 12 heads, vocabulary 8192, 16 sequences of 256 tokens per
@@ -35,11 +38,7 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import statistics
-import subprocess
-import sys
-import time
 from typing import Any, Callable
 
 import jax
@@ -48,164 +47,15 @@ import numpy as np
 import optax
 
 import entropy_optax
+from benchmarks import nets
+from benchmarks import provenance
+from benchmarks import writing
+from benchmarks import timing
 
-try:
-  from benchmarks import provenance
-except ImportError:  # run as a file (python benchmarks/speed.py): benchmarks/ is on sys.path
-  import provenance  # type: ignore[no-redef]
-
-BATCH = 128
-NOISE = 1e-4
-MOMENTUM = 0.9
-
-
-# ----------------------------------------------------------------------------- models
-
-
-def init_mnistfc(key: jax.Array) -> list[dict[str, jax.Array]]:
-  sizes = (784, 1024, 1024, 10)
-  keys = jax.random.split(key, len(sizes) - 1)
-  return [
-      {"w": jax.random.normal(k, (a, b)) / np.sqrt(a), "b": jnp.zeros(b)}
-      for k, a, b in zip(keys, sizes[:-1], sizes[1:])
-  ]
-
-
-def apply_mnistfc(params, x):
-  x = x.reshape(x.shape[0], -1)
-  for i, layer in enumerate(params):
-    x = x @ layer["w"] + layer["b"]
-    if i < len(params) - 1:
-      x = jax.nn.relu(x)
-  return x
-
-
-def init_lenet(key: jax.Array) -> dict[str, Any]:
-  k = jax.random.split(key, 4)
-  return {
-      "c1": {"w": jax.random.normal(k[0], (5, 5, 1, 20)) / 5.0, "b": jnp.zeros(20)},
-      "c2": {"w": jax.random.normal(k[1], (5, 5, 20, 50)) / np.sqrt(500), "b": jnp.zeros(50)},
-      "f1": {"w": jax.random.normal(k[2], (800, 500)) / np.sqrt(800), "b": jnp.zeros(500)},
-      "f2": {"w": jax.random.normal(k[3], (500, 10)) / np.sqrt(500), "b": jnp.zeros(10)},
-  }
-
-
-def apply_lenet(params, x):
-  x = x.reshape(x.shape[0], 28, 28, 1)
-  for name in ("c1", "c2"):
-    x = jax.lax.conv_general_dilated(
-        x, params[name]["w"], (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
-    ) + params[name]["b"]
-    x = jax.nn.relu(x)
-    x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
-  x = x.reshape(x.shape[0], -1)
-  x = jax.nn.relu(x @ params["f1"]["w"] + params["f1"]["b"])
-  return x @ params["f2"]["w"] + params["f2"]["b"]
-
-
-# A decoder-only transformer language model of about 63 M parameters (GPT-2 small's width, 8
-# layers, a vocabulary of 8192, output head tied to the embedding): the large model of the
-# accelerator check. Its sizes live here so that a test can shrink them.
-LM = dict(vocab=8192, seq=256, batch=16, width=768, layers=8, heads=12)
-
-
-def init_lm(key: jax.Array) -> dict[str, Any]:
-  d, keys = LM["width"], iter(jax.random.split(key, 4 + 4 * LM["layers"]))
-  normal = lambda shape, scale: scale * jax.random.normal(next(keys), shape)
-  norm = lambda: {"scale": jnp.ones(d), "bias": jnp.zeros(d)}
-  return {
-      "embed": normal((LM["vocab"], d), 0.02), "pos": normal((LM["seq"], d), 0.02),
-      "layers": [{"ln1": norm(), "qkv": normal((d, 3 * d), 0.02), "proj": normal((d, d), 0.02),
-                  "ln2": norm(), "fc1": normal((d, 4 * d), 0.02), "fc2": normal((4 * d, d), 0.02)}
-                 for _ in range(LM["layers"])],
-      "ln_f": norm(),
-  }
-
-
-def apply_lm(params, tokens):
-  """Next-token logits (batch, seq, vocab) of ``tokens`` (batch, seq), causal attention."""
-  def norm(p, h):
-    h = (h - h.mean(-1, keepdims=True)) * jax.lax.rsqrt(h.var(-1, keepdims=True) + 1e-5)
-    return h * p["scale"] + p["bias"]
-
-  b, t = tokens.shape
-  heads = LM["heads"]
-  h = params["embed"][tokens] + params["pos"][:t]
-  for layer in params["layers"]:
-    q, k, v = jnp.split(norm(layer["ln1"], h) @ layer["qkv"], 3, axis=-1)
-    split = lambda a: a.reshape(b, t, heads, -1)
-    attention = jax.nn.dot_product_attention(split(q), split(k), split(v), is_causal=True)
-    h = h + attention.reshape(b, t, -1) @ layer["proj"]
-    h = h + jax.nn.gelu(norm(layer["ln2"], h) @ layer["fc1"]) @ layer["fc2"]
-  return norm(params["ln_f"], h) @ params["embed"].T
-
-
-MODELS = {"mnistfc": (init_mnistfc, apply_mnistfc), "lenet": (init_lenet, apply_lenet),
-          "lm": (init_lm, apply_lm)}
-
-
-def make_loss(apply: Callable) -> Callable:
-  def loss(params, batch):
-    logits = apply(params, batch["x"])
-    return optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
-
-  return loss
-
-
-def tree_bytes(tree: Any) -> int:
-  return sum(int(np.prod(np.shape(x))) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
-
-
-def make_batches(inner_steps: int, model_name: str = "mnistfc") -> dict[str, np.ndarray]:
-  """L random minibatches, seed 0: 128 images (28 x 28, flattened) and labels, or for ``lm``
-  ``LM["batch"]`` token sequences and the next tokens."""
-  rng = np.random.default_rng(0)
-  if model_name == "lm":
-    tokens = rng.integers(0, LM["vocab"], size=(inner_steps, LM["batch"], LM["seq"] + 1))
-    return {"x": tokens[..., :-1].astype(np.int32), "y": tokens[..., 1:].astype(np.int32)}
-  return {
-      "x": rng.normal(size=(inner_steps, BATCH, 784)).astype(np.float32),
-      "y": rng.integers(0, 10, size=(inner_steps, BATCH)).astype(np.int32),
-  }
+NOISE, MOMENTUM = timing.NOISE, timing.MOMENTUM
 
 
 # ----------------------------------------------------------------------------- JAX candidates
-
-
-def sgd_candidate(loss, inner_steps, unroll=False):
-  """optax SGD-Nesterov over the L minibatches in one ``lax.scan``: (tx, run)."""
-  tx = optax.sgd(0.1, momentum=MOMENTUM, nesterov=True)
-  grad_fn = jax.grad(loss)
-
-  def run(params, state, batches):
-    def body(carry, batch):
-      p, s = carry
-      updates, s = tx.update(grad_fn(p, batch), s, p)
-      return (optax.apply_updates(p, updates), s), None
-
-    return jax.lax.scan(body, (params, state), batches, unroll=1 if unroll is False else unroll)[0]
-
-  return tx, run
-
-
-def entropy_candidate(loss, inner_steps, module=entropy_optax, **kwargs):
-  """The fused Entropy-SGD outer step of ``module`` (the package, or an older copy): (tx, run)."""
-  tx = module.entropy_sgd(
-      1.0, inner_steps=inner_steps, gamma=0.03, langevin_lr=0.1, mu_decay=0.75,
-      inner_momentum=MOMENTUM, momentum=MOMENTUM, nesterov=True, **kwargs,
-  )
-  grad_fn = jax.grad(loss)
-
-  def run(params, state, batches):
-    # Minibatch indices as the scanned batches: slicing batches[1:] would copy.
-    pick = lambda k: jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, k, keepdims=False), batches)
-    updates, state = tx.update(
-        grad_fn(params, pick(0)), state, params, grad_fn=lambda p, k: grad_fn(p, pick(k)),
-        batches=jnp.arange(1, inner_steps, dtype=jnp.int32),
-    )
-    return optax.apply_updates(params, updates), state
-
-  return tx, run
 
 
 def train_step_candidates(loss, inner_steps) -> dict[str, tuple[Any, Callable]]:
@@ -293,34 +143,20 @@ def torch_candidate(model_name: str, inner_steps: int, batches_np: dict[str, np.
 # ----------------------------------------------------------------------------- measurement
 
 
-def time_call(fn: Callable[[], Any]) -> float:
-  start = time.perf_counter()
-  jax.block_until_ready(fn())
-  return time.perf_counter() - start
-
-
-def time_chain(step: Callable, carry: tuple, batches: Any, calls: int) -> tuple[float, tuple]:
-  """Seconds for ``calls`` donated steps, each fed the previous one's params and state."""
-  start = time.perf_counter()
-  for _ in range(calls):
-    carry = step(*carry, batches)[:2]
-  jax.block_until_ready(carry)
-  return time.perf_counter() - start, carry
-
-
 def measure(model_name: str, inner_steps: int, repeats: int, with_torch: bool,
             calls: int = 1) -> dict[str, Any]:
-  init, apply = MODELS[model_name]
-  loss = make_loss(apply)
+  init, apply = nets.NETS[model_name]
+  loss = nets.cross_entropy(apply)
   params = init(jax.random.key(0))
-  batches_np = make_batches(inner_steps, model_name)
+  batches_np = nets.random_batches(inner_steps, model_name)
   batches = jax.tree.map(jnp.asarray, batches_np)
 
   candidates = {
-      "optax_sgd": sgd_candidate(loss, inner_steps),
-      "entropy_sgd": entropy_candidate(loss, inner_steps, noise=NOISE),
-      "entropy_sgd_threefry": entropy_candidate(loss, inner_steps, noise=NOISE, noise_generator="threefry"),
-      "entropy_sgd_noise0": entropy_candidate(loss, inner_steps, noise=0.0),
+      "optax_sgd": timing.sgd_candidate(loss, inner_steps),
+      "entropy_sgd": timing.entropy_candidate(loss, inner_steps, noise=NOISE),
+      "entropy_sgd_threefry": timing.entropy_candidate(loss, inner_steps, noise=NOISE,
+                                                       noise_generator="threefry"),
+      "entropy_sgd_noise0": timing.entropy_candidate(loss, inner_steps, noise=0.0),
   }
   traces = {name: 0 for name in candidates}
   calls_of, memory = {}, {}
@@ -332,11 +168,10 @@ def measure(model_name: str, inner_steps: int, repeats: int, with_torch: bool,
     jitted = jax.jit(counted)
     state = tx.init(params)
     calls_of[name] = (jitted, state)
-    donated = jax.jit(run, donate_argnums=(0, 1)).lower(params, state, batches).compile()
-    analysis = donated.memory_analysis()
+    analysis = timing.compile_donated(run, params, state, batches).memory_analysis()
     memory[name] = {
         "temp_bytes": int(analysis.temp_size_in_bytes),
-        "state_bytes": tree_bytes(state),
+        "state_bytes": nets.tree_bytes(state),
     }
     jax.block_until_ready(jitted(params, state, batches))  # compile and warm up
 
@@ -344,7 +179,7 @@ def measure(model_name: str, inner_steps: int, repeats: int, with_torch: bool,
   chains = {}
   for name, (tx, step) in steps.items():
     fresh = jax.tree.map(jnp.copy, params)  # donated: the caller's params stay valid
-    chains[name] = time_chain(step, (fresh, tx.init(fresh)), batches, 1)[1]  # compile, warm up
+    chains[name] = timing.time_chain(step, (fresh, tx.init(fresh)), batches, 1)[1]  # compile, warm up
 
   timings: dict[str, list[float]] = {name: [] for name in [*candidates, *steps]}
   torch_step = None
@@ -353,18 +188,18 @@ def measure(model_name: str, inner_steps: int, repeats: int, with_torch: bool,
     torch_step()
     timings["torch_authors"] = []
   def repeat(fn: Callable[[], Any]) -> float:
-    return sum(time_call(fn) for _ in range(calls)) / calls
+    return sum(timing.time_call(fn) for _ in range(calls)) / calls
 
   for _ in range(repeats):
     for name, (jitted, state) in calls_of.items():
       timings[name].append(repeat(lambda f=jitted, s=state: f(params, s, batches)))
     for name, (_, step) in steps.items():
-      seconds, chains[name] = time_chain(step, chains[name], batches, calls)
+      seconds, chains[name] = timing.time_chain(step, chains[name], batches, calls)
       timings[name].append(seconds / calls)
     if torch_step is not None:
       timings["torch_authors"].append(repeat(torch_step))
 
-  param_bytes = tree_bytes(params)
+  param_bytes = nets.tree_bytes(params)
   result: dict[str, Any] = {
       "model": model_name,
       "inner_steps": inner_steps,
@@ -410,7 +245,7 @@ def update_costs(model_name: str, repeats: int) -> dict[str, float]:
   writing one (``p <- 0.5 p + g``), the unit of memory traffic. Candidates
   alternate; medians over repetitions.
   """
-  init, _ = MODELS[model_name]
+  init, _ = nets.NETS[model_name]
   params = init(jax.random.key(0))
   grads = init(jax.random.key(1))  # arguments, not constants XLA could fold
   sgd = optax.sgd(0.1, momentum=MOMENTUM, nesterov=True)
@@ -449,27 +284,8 @@ def update_costs(model_name: str, repeats: int) -> dict[str, float]:
     jax.block_until_ready(fn())
   for _ in range(repeats):
     for name, fn in candidates.items():
-      times[name].append(time_call(fn) / UPDATE_STEPS)
+      times[name].append(timing.time_call(fn) / UPDATE_STEPS)
   return {name: round(1e3 * statistics.median(ts), 3) for name, ts in times.items()}
-
-
-def machine() -> dict[str, Any]:
-  cpu = platform.processor()
-  try:
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("model name"):
-        cpu = line.split(":", 1)[1].strip()
-        break
-  except OSError:
-    pass
-  return {
-      "cpu": cpu,
-      "cores": os.cpu_count(),
-      "jax": jax.__version__,
-      "jax_backend": jax.default_backend(),
-      "devices": [str(d) for d in jax.devices()],
-      "python": platform.python_version(),
-  }
 
 
 def fmt(value: float | None, spec: str, suffix: str = "") -> str:
@@ -483,66 +299,63 @@ def write_markdown(path: pathlib.Path, command: str, info: dict, results: list[d
       "",
       f"Command: `{command}`",
       "",
-      f"Machine: {info['cpu']}, {info['cores']} cores, JAX {info['jax']} on {info['jax_backend']}.",
+      f"Machine: {provenance.describe(info)}.",
       "Batch 128, paper's noise 1e-4, inner and outer Nesterov momentum 0.9. Ratios are medians",
       "over repetitions of (time per gradient evaluation) / (optax SGD-Nesterov's, same repetition),",
       f"each repetition timing {results[0].get('calls_per_repetition', 1)} consecutive calls of each candidate.",
       "PyTorch's time per gradient counts its L+1 evaluations per outer step. `make_train_step`:",
       "the user's path (params and state donated and fed back), Entropy-SGD's against optax SGD's.",
       "",
-      "| model | L | entropy_sgd / sgd | make_train_step, donated: entropy / sgd | threefry noise / sgd | noise 0 / sgd | PyTorch authors' / sgd | speedup vs PyTorch | ms per grad (sgd, entropy) | compilations |",
-      "|---|---|---|---|---|---|---|---|---|---|",
   ]
-  for r in results:
-    ratio = r["ratio_to_optax_sgd"]
-    ms = r["ms_per_grad"]
-    lines.append(
-        f"| {r['model']} | {r['inner_steps']} | {ratio['entropy_sgd']:.3f} | "
-        f"{ratio.get('entropy_train_step', float('nan')):.3f} | "
-        f"{ratio['entropy_sgd_threefry']:.3f} | {ratio['entropy_sgd_noise0']:.3f} | "
-        f"{fmt(ratio.get('torch_authors'), '.3f')} | "
-        f"{fmt(r.get('speedup_vs_torch_per_counted_grad'), '.2f', 'x')} | "
-        f"{ms['optax_sgd']:.2f}, {ms['entropy_sgd']:.2f} | "
-        f"{max(r['compilations'].values())} |"
-    )
+  lines += writing.table(
+      ["model", "L", "entropy_sgd / sgd", "make_train_step, donated: entropy / sgd",
+       "threefry noise / sgd", "noise 0 / sgd", "PyTorch authors' / sgd", "speedup vs PyTorch",
+       "ms per grad (sgd, entropy)", "compilations"],
+      ([r["model"], r["inner_steps"], f"{r['ratio_to_optax_sgd']['entropy_sgd']:.3f}",
+        f"{r['ratio_to_optax_sgd'].get('entropy_train_step', float('nan')):.3f}",
+        f"{r['ratio_to_optax_sgd']['entropy_sgd_threefry']:.3f}",
+        f"{r['ratio_to_optax_sgd']['entropy_sgd_noise0']:.3f}",
+        fmt(r["ratio_to_optax_sgd"].get("torch_authors"), ".3f"),
+        fmt(r.get("speedup_vs_torch_per_counted_grad"), ".2f", "x"),
+        f"{r['ms_per_grad']['optax_sgd']:.2f}, {r['ms_per_grad']['entropy_sgd']:.2f}",
+        max(r["compilations"].values())] for r in results))
   lines += [
       "",
       "Memory, as multiples of the parameter bytes (fused step compiled with params and state donated):",
       "",
-      "| model | L | optimizer state: entropy_sgd | optax sgd | fused step temporaries: entropy_sgd | optax sgd scan |",
-      "|---|---|---|---|---|---|",
   ]
-  for r in results:
-    mem = r["memory_x_params"]
-    lines.append(
-        f"| {r['model']} | {r['inner_steps']} | {mem['entropy_sgd']['optimizer_state']} | "
-        f"{mem['optax_sgd']['optimizer_state']} | {mem['entropy_sgd']['fused_step_temp']} | "
-        f"{mem['optax_sgd']['fused_step_temp']} |"
-    )
+  lines += writing.table(
+      ["model", "L", "optimizer state: entropy_sgd", "optax sgd",
+       "fused step temporaries: entropy_sgd", "optax sgd scan"],
+      ([r["model"], r["inner_steps"], r["memory_x_params"]["entropy_sgd"]["optimizer_state"],
+        r["memory_x_params"]["optax_sgd"]["optimizer_state"],
+        r["memory_x_params"]["entropy_sgd"]["fused_step_temp"],
+        r["memory_x_params"]["optax_sgd"]["fused_step_temp"]] for r in results))
   lines += [
       "",
       f"The parameter updates alone (fixed gradient, no model: {UPDATE_STEPS} updates in one jitted scan), ms per",
       "step, and as a fraction of one optax SGD step with its gradient (last column's unit). `one pass`",
       "reads two params-sized arrays and writes one (p <- 0.5 p + g), the unit of memory traffic:",
       "",
-      "| model | one pass | SGD-Nesterov update | Langevin step, noise 0 | Langevin step, paper's noise | (Langevin - SGD update) / SGD step at L | noise alone / SGD step at L |",
-      "|---|---|---|---|---|---|---|",
   ]
-  for r in results:
-    u = r["update_ms"]
-    sgd_ms = r["ms_per_grad"]["optax_sgd"]
-    lines.append(
-        f"| {r['model']} | {u['one_pass']:.2f} | {u['sgd_update']:.2f} | "
-        f"{u['langevin_noise0']:.2f} | {u['langevin']:.2f} | "
-        f"{(u['langevin'] - u['sgd_update']) / sgd_ms:.3f} (L={r['inner_steps']}) | "
-        f"{(u['langevin'] - u['langevin_noise0']) / sgd_ms:.3f} (L={r['inner_steps']}) |"
-    )
-  path.write_text("\n".join(lines) + "\n")
+
+  def update_row(r: dict[str, Any]) -> list[str]:
+    u, sgd_ms, L = r["update_ms"], r["ms_per_grad"]["optax_sgd"], r["inner_steps"]
+    return [r["model"], f"{u['one_pass']:.2f}", f"{u['sgd_update']:.2f}",
+            f"{u['langevin_noise0']:.2f}", f"{u['langevin']:.2f}",
+            f"{(u['langevin'] - u['sgd_update']) / sgd_ms:.3f} (L={L})",
+            f"{(u['langevin'] - u['langevin_noise0']) / sgd_ms:.3f} (L={L})"]
+
+  lines += writing.table(
+      ["model", "one pass", "SGD-Nesterov update", "Langevin step, noise 0",
+       "Langevin step, paper's noise", "(Langevin - SGD update) / SGD step at L",
+       "noise alone / SGD step at L"], (update_row(r) for r in results))
+  writing.markdown(path, lines)
 
 
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--models", nargs="+", default=["mnistfc", "lenet"], choices=sorted(MODELS))
+  parser.add_argument("--models", nargs="+", default=["mnistfc", "lenet"], choices=sorted(nets.NETS))
   parser.add_argument("--inner-steps", nargs="+", type=int, default=[5, 20])
   parser.add_argument("--repeats", type=int, default=7, help="A B A B repetitions (>= 5 for the report)")
   parser.add_argument("--calls", type=int, default=4,
@@ -558,8 +371,8 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError:
       print("torch not installed (pip install -e '.[bench]'): skipping the PyTorch reference")
       with_torch = False
-  command = "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
-  info = machine()
+  command = provenance.command("benchmarks.speed", argv)
+  info = provenance.machine()
   out = pathlib.Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   results = []

@@ -2,7 +2,7 @@
 
 ``reproduce.py``, ``tune.py`` and ``evidence.py`` judge every comparison of
 per-seed results with :func:`verdict`, so a pair gets the same verdict in
-every report.
+every report; :func:`mean_std` is the spread every report gives.
 """
 
 from __future__ import annotations
@@ -15,6 +15,17 @@ import numpy as np
 ALPHA = 0.05
 RULE = ("Welch's t-test on the per-seed final values, two-sided at 5%: a win or loss when "
         "p < 0.05 (lower is better), else a tie; n/a with fewer than 2 seeds a side")
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+  """The mean of per-seed values and their sample standard deviation (0 for one value).
+
+  Examples:
+    >>> mean_std([1.0, 2.0, 3.0]), mean_std([4.0])
+    ((2.0, 1.0), (4.0, 0.0))
+  """
+  a = np.asarray(values, np.float64)
+  return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
 
 def welch(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:

@@ -29,9 +29,9 @@ so the same command resumes; ``--time-limit`` stops between cells.
 ``<out>/tuning.md`` is rebuilt from the JSON after every cell, with a line
 per missing cell naming the command that completes it.
 
-    python benchmarks/tune.py --quick --out /tmp/q      # smoke test on generated data
-    python benchmarks/tune.py --show-configs            # the configurations each optimizer tries
-    python benchmarks/tune.py --preset cpu --time-limit 14400   # the real CPU runs, resumable
+    python -m benchmarks.tune --quick --out /tmp/q      # smoke test on generated data
+    python -m benchmarks.tune --show-configs            # the configurations each optimizer tries
+    python -m benchmarks.tune --preset cpu --time-limit 14400   # the real CPU runs, resumable
 
 The cpu preset (mnistfc and LeNet on Fashion-MNIST, 10 effective epochs, 6
 configurations, 3 seeds) takes of the order of 3-4 hours on 2 idle cores,
@@ -48,9 +48,6 @@ import hashlib
 import json
 import math
 import pathlib
-import platform
-import shlex
-import subprocess
 import sys
 import time
 from typing import Any, Callable, Optional, Sequence
@@ -61,15 +58,12 @@ import numpy as np
 import optax
 
 import entropy_optax
+from benchmarks import datasets as data_lib
+from benchmarks import provenance
+from benchmarks import reports
+from benchmarks import reproduce
+from benchmarks import writing
 from entropy_optax import recipes
-
-if not __package__:  # run as `python benchmarks/tune.py`: make the package `benchmarks` importable
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-
-from benchmarks import datasets as data_lib  # noqa: E402
-from benchmarks import provenance  # noqa: E402
-from benchmarks import reports  # noqa: E402
-from benchmarks import reproduce  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
 TASKS = ("mnistfc", "lenet")
@@ -182,6 +176,23 @@ def _log(u: float, low: float, high: float) -> float:
   return float(f"{low * (high / low) ** u:.3g}")
 
 
+def latin_hypercube(space: dict[str, tuple[float, float, float]], count: int,
+                    rng: np.random.Generator) -> list[dict[str, float]]:
+  """``count`` configurations of ``space`` (knob -> (published, low, high)): the published one,
+  then ``count - 1`` draws of a Latin hypercube over the knobs' log-ranges (see ``_strata``).
+
+  Examples:
+    >>> configs = latin_hypercube({"lr": (0.1, 0.01, 1.0)}, 3, np.random.default_rng(0))
+    >>> configs[0], sorted(c["lr"] for c in configs[1:])
+    ({'lr': 0.1}, [0.0215, 0.464])
+  """
+  configs = [{k: v[0] for k, v in space.items()}]
+  for u in _strata(rng, count, [_unit(*v) for v in space.values()]):
+    configs.append({k: _log(ui, lo, hi)
+                    for ui, (k, (_, lo, hi)) in zip(u, space.items(), strict=True)})
+  return configs
+
+
 def _balanced(rng: np.random.Generator, count: int, choices: Sequence[Any]) -> list[Any]:
   return [choices[i] for i in rng.permutation(np.arange(count) % len(choices))]
 
@@ -206,12 +217,7 @@ def search_configs(optimizer: str, count: int, *, search_seed: int = 0,
   rng = np.random.default_rng([search_seed, OPTIMIZERS.index(optimizer)])
   draws = count - 1
   if optimizer != "entropy":
-    space = SPACES[optimizer]
-    configs = [{k: v[0] for k, v in space.items()}]
-    for u in _strata(rng, count, [_unit(*v) for v in space.values()]):
-      configs.append({k: _log(ui, lo, hi)
-                      for ui, (k, (_, lo, hi)) in zip(u, space.items(), strict=True)})
-    return configs
+    return latin_hypercube(SPACES[optimizer], count, rng)
   configs = [{"recipe": "lua", "L": max(inner_steps), "lr": ENTROPY_SPACES["lua"]["lr"][0],
               "gamma": ENTROPY_SPACES["lua"]["gamma"][0]}]
   recipe_draws = _balanced(rng, draws, RECIPES)
@@ -332,7 +338,7 @@ def build_task(name: str, sets: dict[str, Any], phase: str, quick: bool) -> repr
   x, y, _ = sets["search_train" if phase == "search" else "final_train"]
   xe, ye, _ = sets["val" if phase == "search" else "test"]
   dataset = data_lib.Dataset(x, y, xe, ye, source="")
-  task = reproduce._image_task(name, dataset, reproduce.Budget(1, 1, 0), quick, 0)
+  task = reproduce.image_task(name, dataset, reproduce.Budget(1, 1, 0), quick, 0)
   if quick:
     task = dataclasses.replace(task, batch_size=16)
   return task
@@ -351,7 +357,7 @@ TRAIN_ARRAYS = ("x", "y")
 _EVALUATORS: dict[int, Any] = {}
 
 
-def _evaluate(task: reproduce.Task) -> Any:
+def evaluator(task: reproduce.Task) -> Any:
   """``task.evaluate``, jitted once per task."""
   if id(task.evaluate) not in _EVALUATORS:
     _EVALUATORS[id(task.evaluate)] = (task.evaluate, jax.jit(task.evaluate))
@@ -393,7 +399,7 @@ class Runner:
     def make_step(knobs):
       tx = self.tx(knobs, 0)
       if optimizer == "sam":
-        return reproduce._sam_step(task.loss, tx, unroll=unroll)
+        return reproduce.sam_step(task.loss, tx, unroll=unroll)
       return entropy_optax.make_train_step(task.loss, tx, has_state=True, donate=False,
                                            unroll=unroll)
 
@@ -459,7 +465,7 @@ class Runner:
       losses.append(total / self.calls)
       if on_epoch is not None:
         on_epoch(epoch + 1, params, model_state)
-    metric = float(_evaluate(task)(params, model_state, task.arrays))
+    metric = float(evaluator(task)(params, model_state, task.arrays))
     return {"metric": metric, "train_loss": losses, "seconds": round(time.time() - start, 1)}
 
 
@@ -487,44 +493,15 @@ def chosen(db: dict[str, Any], group: str, optimizer: str, n: int) -> Optional[i
   return int(np.argmin(errors))
 
 
-def _strip(argv: Sequence[str], flags: Sequence[str]) -> list[str]:
-  """argv without ``flags`` (and their values)."""
-  out, skip = [], False
-  for a in argv:
-    if skip:
-      skip = False
-      continue
-    name = a.split("=", 1)[0]
-    if name in flags:
-      skip = "=" not in a and name not in ("--report-only", "--quick", "--show-configs")
-      continue
-    out.append(a)
-  return out
+SWITCHES = ("--quick", "--report-only", "--show-configs")
+"""The flags that take no value."""
 
 
 def completing_command(argv: Sequence[str], task: str, optimizer: str) -> str:
-  base = _strip(argv, ("--tasks", "--optimizers", "--time-limit", "--report-only",
-                      "--show-configs"))
-  base += ["--tasks", task, "--optimizers", optimizer]
-  return "python benchmarks/tune.py " + shlex.join(base)
-
-
-def cpu_model() -> str:
-  try:
-    text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-  except (OSError, subprocess.CalledProcessError):
-    return platform.processor() or "unknown CPU"
-  fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-  return f"{fields.get('Model name', '?').strip()}, {fields.get('CPU(s)', '?').strip()} CPUs"
-
-
-# --------------------------------------------------------------------------- statistics
-
-
-def _mean_std(values: Sequence[float]) -> str:
-  a = np.asarray(values, np.float64)
-  std = a.std(ddof=1) if len(a) > 1 else 0.0
-  return f"{a.mean():.2f} ± {std:.2f}"
+  """The command that runs the missing cells of (``task``, ``optimizer``) under ``argv``'s sizes."""
+  base = provenance.without(argv, ("--tasks", "--optimizers", "--time-limit", "--report-only",
+                                   "--show-configs"), switches=SWITCHES)
+  return provenance.command("benchmarks.tune", [*base, "--tasks", task, "--optimizers", optimizer])
 
 
 def protocol_text(settings: dict[str, Any], task: str) -> str:
@@ -553,7 +530,7 @@ def write_report(out: pathlib.Path, db: dict[str, Any]) -> str:
   return text
 
 
-RERUN_COMMAND = (f"nohup python benchmarks/tune.py --preset cpu --out {reports.RERUN_ROOT}/tune "
+RERUN_COMMAND = (f"nohup python -m benchmarks.tune --preset cpu --out {reports.RERUN_ROOT}/tune "
                  "> tune.log 2>&1 &")
 """Reruns the whole protocol into a fresh folder: every cell with its provenance."""
 
@@ -620,7 +597,7 @@ def report_markdown(db: dict[str, Any]) -> str:
       finals[opt] = recs
       values = [c["metric"] for c in recs]
       lines.append(f"| {LABELS[opt]} | #{recs[0]['config_index']}: {describe(recs[0]['config'])} "
-                   f"| {len(recs)} | {_mean_std(values)} "
+                   f"| {len(recs)} | {writing.mean_std(values)} "
                    f"| {', '.join(f'{m:.2f}' for m in values)} "
                    f"| {recs[0]['gradient_evaluations']} "
                    f"| {sum(c['seconds'] for c in recs):.0f} | {reports.machines(recs)} "
@@ -673,7 +650,7 @@ def report_markdown(db: dict[str, Any]) -> str:
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   """The command line."""
   parser = argparse.ArgumentParser(
-      prog="python benchmarks/tune.py", description=__doc__.split("\n\n")[0],
+      prog="python -m benchmarks.tune", description=__doc__.split("\n\n")[0],
       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
                       help="sizes: cpu (2 cores), full (an accelerator), quick (smoke test)")
@@ -756,15 +733,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
   db.setdefault("cells", {})
   db.setdefault("groups", {})
   db.setdefault("sessions", [])
-  command = "python benchmarks/tune.py " + shlex.join(argv)
-  device = f"{jax.devices()[0].device_kind} ({jax.default_backend()})"
-  machine = f"{cpu_model()}, {platform.node()}; device {device}"
+  command = provenance.command("benchmarks.tune", argv)
+  info = provenance.machine()
+  device = f"{info['device_kind']} ({info['backend']})"
+  machine = provenance.describe(info)
   cells_run = 0
 
   def save() -> None:
-    tmp = db_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(db, indent=1))
-    tmp.replace(db_path)
+    writing.json_record(db_path, db)
     write_report(out, db)
 
   if not args.report_only:

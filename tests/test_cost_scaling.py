@@ -37,7 +37,7 @@ def test_cost_scaling_quick_reports_every_cell_and_resumes(tmp_path, capsys):
   (bandwidth,) = report["bandwidth"]
   assert bandwidth["floor_gbps"] > 0
   assert report["machine"]["cpu"] and report["machine"]["jax"]
-  command = f"python benchmarks/cost_scaling.py --quick --out {out}"
+  command = f"python -m benchmarks.cost_scaling --quick --out {out}"
   assert report["command"] == command
   markdown = (tmp_path / "cost_scaling.md").read_text()
   assert f"Command: `{command}`" in markdown and report["machine"]["cpu"] in markdown

@@ -36,9 +36,9 @@ def test_defaults_benchmark_reports_every_optimizer_and_resumes(tmp_path, capsys
   assert {(row["optimizer"], row["budget"]) for row in summary} == {
       (name, b) for name in defaults.OPTIMIZERS for b in budgets}
   assert all(math.isfinite(row["test_accuracy_mean"]) and row["seeds"] == 1 for row in summary)
-  for key in ("cpu", "cpus", "jax"):
+  for key in ("cpu", "cores", "jax"):
     assert saved["machine"][key]
-  assert saved["command"].startswith("python benchmarks/defaults.py --quick")
+  assert saved["command"].startswith("python -m benchmarks.defaults --quick")
 
   markdown = (tmp_path / "defaults.md").read_text()
   assert "## digits" in markdown and saved["command"] in markdown

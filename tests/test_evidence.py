@@ -52,14 +52,14 @@ def test_verdicts_come_from_the_seeds_and_missing_cells_name_their_command(tmp_p
   assert "| Entropy-SGD (Bocconi) | Adam | 1 | 0 | 0 |" in text
   assert "| mnistfc | SGD-Nesterov | complete (3 seeds) | - |" in text
   assert ("| lenet | Entropy-SGD (Lua) | partial: 40 of 80 effective epochs (there: 10.000 ± "
-          "0.000 test error %, 3 seeds) | `nohup python benchmarks/reproduce.py --preset paper "
+          "0.000 test error %, 3 seeds) | `nohup python -m benchmarks.reproduce --preset paper "
           "--tasks lenet --optimizers entropy ") in text
-  assert "| mnistfc | SAM | missing | `nohup python benchmarks/reproduce.py --preset paper " \
+  assert "| mnistfc | SAM | missing | `nohup python -m benchmarks.reproduce --preset paper " \
          "--tasks mnistfc --optimizers sam" in text
   assert "--tasks charlstm --optimizers entropy --make-kjv" in text
   assert "**Is the char-LSTM big enough?**" in text and "Not measured yet" in text
   # No protocol or flatness run in this folder: said so, with the command.
-  assert "No protocol run recorded yet: `nohup python benchmarks/tune.py" in text
+  assert "No protocol run recorded yet: `nohup python -m benchmarks.tune" in text
   assert "No equal-loss run recorded yet" in text
 
 
@@ -145,7 +145,7 @@ def test_a_verdict_needs_both_sides_on_one_machine_at_one_commit(tmp_path):
   assert "n/a (provenance unknown)" in row["Entropy-SGD (Bocconi)"]  # one SAM seed is old
   assert "| Entropy-SGD (Bocconi) | SGD-Nesterov | 1 | 0 | 0 |" in text
   assert "**5 of 6 comparisons are withheld (n/a)**" in text
-  assert ("`nohup python benchmarks/reproduce.py --preset gpu --data-dir d --tasks mnistfc "
+  assert ("`nohup python -m benchmarks.reproduce --preset gpu --data-dir d --tasks mnistfc "
           "--optimizers sgd,adam,sam,entropy,entropy_bocconi --out benchmarks/results/rerun/gpu &`"
           in text)
 
@@ -176,7 +176,7 @@ def test_every_committed_report_is_its_rebuild_from_the_committed_records(rel):
   committed = (reports.RESULTS / rel).read_text()
   assert "sqrt(std" not in committed  # one rule: Welch's, never the old spread rule
   assert reports.REPORTS[rel](reports.RESULTS) == committed, (
-      f"benchmarks/results/{rel} is stale: python benchmarks/reports.py rebuilds it")
+      f"benchmarks/results/{rel} is stale: python -m benchmarks.reports rebuilds it")
 
 
 def test_the_char_lstm_cell_run_on_two_machines_has_no_verdict():

@@ -16,6 +16,8 @@ import pytest
 
 from benchmarks import datasets as data_lib
 from benchmarks import flatness
+from benchmarks import nets
+from benchmarks import provenance
 
 # scikit-learn's digits (real 8x8 images), written as MNIST-format files: the same data on every
 # machine, whatever Fashion-MNIST it has installed; 1280 of its 1500 training images.
@@ -38,7 +40,7 @@ def test_flatness_quick_reaches_equal_loss_and_resumes(tmp_path, capsys):
   run("--optimizers", "sgd", "lua")
   markdown = (results / "flatness.md").read_text()
   assert "## Missing" in markdown
-  complete = (f"python benchmarks/flatness.py --quick --train-size 1280 --loss-size 1280 "
+  complete = (f"python -m benchmarks.flatness --quick --train-size 1280 --loss-size 1280 "
               f"--out {out} --data-dir {data_dir} --optimizers bocconi")
   assert f"0 of 2; complete with `{complete}`" in markdown
   first = json.loads((results / "flatness.json").read_text())
@@ -100,8 +102,8 @@ def test_flatness_quick_reaches_equal_loss_and_resumes(tmp_path, capsys):
     assert lua_g1["coupling_ratio"] > 100 * lua["coupling_ratio"] > 0
 
   assert "## Missing" not in markdown and "## Protocol: equal training loss" in markdown
-  assert f"**{target:g}**" in markdown and "(lscpu)" in markdown and saved["machine"]["jax"] in markdown
-  assert (f"`python benchmarks/flatness.py --quick --train-size 1280 --loss-size 1280 "
+  assert f"**{target:g}**" in markdown and provenance.describe(saved["machine"]) in markdown
+  assert (f"`python -m benchmarks.flatness --quick --train-size 1280 --loss-size 1280 "
           f"--out {out} --data-dir {data_dir}`") in markdown
   for label in flatness.OPTIMIZERS.values():
     assert label in markdown
@@ -134,7 +136,8 @@ def test_sgd_stops_at_the_first_minibatch_in_the_band(tmp_path):
   # The same stream one minibatch at a time: from the fine phase's start, no minibatch before the
   # end point lands in the band; the ones below it are the run's below_band_steps.
   step = flatness.train_step("sgd", flatness.freeze(config))
-  p = flatness.init_mlp(jax.random.key(0), (64, config["hidden"], config["hidden"], 10))
+  p = nets.init_mlp(jax.random.key(0), (64, config["hidden"], config["hidden"], 10),
+                    init=flatness.INIT)
   state = flatness.optimizer_specs(config)["sgd"].make(0).init(p)
   x, y = data["x_train"], data["y_train"]
   losses = []
@@ -210,7 +213,7 @@ def test_an_end_point_outside_the_band_is_excluded_on_either_side():
 def test_the_scale_aware_traces_ignore_a_rescaling_that_leaves_the_function_unchanged():
   # Layer 1 (weights and bias) times 4, layer 2's weights divided by 4: the same ReLU network
   # (Dinh et al. 2017). The raw trace changes; the normalised ones, probe by probe, do not.
-  params = flatness.init_mlp(jax.random.key(1), (12, 16, 16, 3))
+  params = nets.init_mlp(jax.random.key(1), (12, 16, 16, 3), init=flatness.INIT)
   params[0]["b"] = 0.1 * jax.random.normal(jax.random.key(2), (16,))
   x = jax.random.normal(jax.random.key(3), (2, 32, 12))
   batches = {"x": x, "y": jax.random.randint(jax.random.key(4), (2, 32), 0, 3)}

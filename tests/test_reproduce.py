@@ -138,7 +138,7 @@ def test_quick_run_of_sam_and_entropy_sgd_writes_json_report_and_plot_then_resum
   assert len({o["dataset_fingerprint"] for o in origins}) == 1
   report = (out / "reproduction.md").read_text()
   assert "Entropy-SGD (Lua) vs SAM" in report and "- SAM: complete (3 seeds)" in report
-  assert ("- Adam: missing: `nohup python benchmarks/reproduce.py --quick --tasks mnistfc "
+  assert ("- Adam: missing: `nohup python -m benchmarks.reproduce --quick --tasks mnistfc "
           f"--optimizers adam --out {out} &`") in report
   assert (out / "reproduction_mnistfc.png").stat().st_size > 0
   assert not (out / "checkpoints").exists()
@@ -158,8 +158,8 @@ def test_an_interrupted_cell_resumes_from_its_checkpoint_to_the_uninterrupted_re
   assert all(not r["complete"] and r["eff_epochs"] == [1] for r in first.values())
   assert any((out / "checkpoints" / "mnistfc-entropy").iterdir())
   report = (out / "reproduction.md").read_text()
-  assert ("- Entropy-SGD (Lua): partial: 1 of 2 effective epochs: `nohup python "
-          "benchmarks/reproduce.py --quick --tasks mnistfc --optimizers entropy") in report
+  assert ("- Entropy-SGD (Lua): partial: 1 of 2 effective epochs: `nohup python -m "
+          "benchmarks.reproduce --quick --tasks mnistfc --optimizers entropy") in report
   resumed = reproduce.main(interrupted)["runs"]  # the same command resumes at block 2
   assert set(resumed) == set(straight)
   for key, record in straight.items():
@@ -273,11 +273,13 @@ def test_completing_commands_keep_the_data_flags_of_the_task():
   argv = ["--report-only", "--target-preset", "paper", "--data-dir", "d", "--cifar-dir", "c",
           "--time-limit", "9", "--unroll", "false"]
   lenet = reproduce.completing_command(argv, "o", "paper", "lenet", "sgd")
-  assert lenet == ("nohup python benchmarks/reproduce.py --preset paper --data-dir d --unroll "
+  assert lenet == ("nohup python -m benchmarks.reproduce --preset paper --data-dir d --unroll "
                    "false --tasks lenet --optimizers sgd --out o &")
-  lstm = reproduce.completing_command(argv, "o", "paper", "charlstm", "adam",
-                                     ["python benchmarks/reproduce.py --make-kjv k.txt"])
-  assert "--text k.txt" in lstm and "--data-dir" not in lstm and "--cifar-dir" not in lstm
+  # The data flags of earlier commands, whether written as a module or (before 0.3) as a file.
+  for earlier in ("python -m benchmarks.reproduce --make-kjv k.txt",
+                  "python benchmarks/reproduce.py --make-kjv k.txt"):
+    lstm = reproduce.completing_command(argv, "o", "paper", "charlstm", "adam", [earlier])
+    assert "--text k.txt" in lstm and "--data-dir" not in lstm and "--cifar-dir" not in lstm
   assert "--text TEXT_FILE" in reproduce.completing_command([], "o", "paper", "charlstm", "sgd")
 
 
@@ -294,13 +296,13 @@ def test_old_records_keep_loading_and_report_against_the_paper_budgets(tmp_path)
   mnistfc = report[report.index("## mnistfc"):report.index("## lenet")]
   # gpu's mnistfc budget (120 effective epochs on all 60,000 images) is the paper's.
   assert "- Entropy-SGD (Lua): complete (3 seeds)" in mnistfc
-  assert ("- Entropy-SGD (Bocconi): missing: `nohup python benchmarks/reproduce.py --preset "
+  assert ("- Entropy-SGD (Bocconi): missing: `nohup python -m benchmarks.reproduce --preset "
           "paper --data-dir .data --tasks mnistfc --optimizers entropy_bocconi") in mnistfc
   lenet = report[report.index("## lenet"):report.index("## charlstm")]
   assert "- SGD-Nesterov: missing" in lenet and "budget `E40-Tall`" in lenet
   # Its records predate provenance: no verdict, and the command that reruns the cells together.
   assert "Entropy-SGD (Lua) vs Adam: n/a (provenance unknown)" in lenet
-  assert ("`nohup python benchmarks/reproduce.py --preset gpu --data-dir .data --tasks lenet "
+  assert ("`nohup python -m benchmarks.reproduce --preset gpu --data-dir .data --tasks lenet "
           "--optimizers sgd,adam,sam,entropy --out benchmarks/results/rerun/gpu &`") in lenet
   charlstm = report[report.index("## charlstm"):report.index("## allcnn")]
   assert "- Entropy-SGD (Bocconi): n/a" in charlstm and "--text .data/kjv.txt" in charlstm

@@ -5,17 +5,17 @@ business (benchmarks/results/speed.md), not the tests'."""
 
 import json
 import math
-import pathlib
 import subprocess
-import sys
 
 import jax
 import pytest
 
-BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
-
-import speed  # noqa: E402
+from benchmarks import ab_versions
+from benchmarks import conv_in_loop
+from benchmarks import nets
+from benchmarks import provenance
+from benchmarks import speed
+from benchmarks import timing
 
 pytestmark = pytest.mark.slow
 
@@ -44,20 +44,20 @@ def test_speed_reports_every_candidate_compiled_once_and_its_memory(tmp_path):
 
 def test_the_transformer_lm_trains_fused_and_reports_without_a_pytorch_column(tmp_path, monkeypatch):
   # The size the accelerator check measures: >= 50 M parameters (shapes only, nothing allocated).
-  shapes = jax.eval_shape(speed.init_lm, jax.random.key(0))
+  shapes = jax.eval_shape(nets.init_lm, jax.random.key(0))
   assert sum(math.prod(a.shape) for a in jax.tree.leaves(shapes)) > 50_000_000
   # Shrunk, the same code at a size 2 cores can run: its batches, loss and fused step.
-  monkeypatch.setattr(speed, "LM", dict(vocab=64, seq=16, batch=4, width=32, layers=2, heads=4))
-  params = speed.init_lm(jax.random.key(0))
+  monkeypatch.setattr(nets, "LM", dict(vocab=64, seq=16, batch=4, width=32, layers=2, heads=4))
+  params = nets.init_lm(jax.random.key(0))
   d, v, layers = 32, 64, 2
   per_layer = 2 * 2 * d + 3 * d * d + d * d + 4 * d * d + 4 * d * d
   assert sum(a.size for a in jax.tree.leaves(params)) == v * d + 16 * d + layers * per_layer + 2 * d
-  batches = jax.tree.map(jax.numpy.asarray, speed.make_batches(2, "lm"))
+  batches = jax.tree.map(jax.numpy.asarray, nets.random_batches(2, "lm"))
   assert batches["x"].shape == batches["y"].shape == (2, 4, 16)
-  loss = speed.make_loss(speed.apply_lm)
+  loss = nets.cross_entropy(nets.apply_lm)
   first = loss(params, jax.tree.map(lambda a: a[0], batches))
   assert abs(float(first) - math.log(64)) < 0.5  # near uniform at initialisation
-  tx, run = speed.entropy_candidate(loss, 2, noise=speed.NOISE)
+  tx, run = timing.entropy_candidate(loss, 2, noise=timing.NOISE)
   new_params, state = jax.jit(run)(params, tx.init(params), batches)
   assert int(state.count) == 1 and int(state.skipped) == 0
   assert all(bool(jax.numpy.isfinite(a).all()) for a in jax.tree.leaves(new_params))
@@ -72,18 +72,17 @@ def test_the_transformer_lm_trains_fused_and_reports_without_a_pytorch_column(tm
             "update_ms": {"one_pass": 1.0, "sgd_update": 1.0, "langevin_noise0": 1.0,
                           "langevin": 1.0}}
   out = tmp_path / "lm.md"
-  speed.write_markdown(out, "cmd", speed.machine(), [result])
+  speed.write_markdown(out, "cmd", provenance.machine(), [result])
   row = next(line for line in out.read_text().splitlines() if line.startswith("| lm | 2 |"))
   assert row.split("|")[7].strip() == "-" and row.split("|")[8].strip() == "-"
 
 
 def test_ab_versions_finds_no_program_difference_between_a_commit_and_itself(capsys):
   try:
-    subprocess.run(["git", "-C", str(BENCHMARKS.parent), "rev-parse", "HEAD"], check=True,
+    subprocess.run(["git", "-C", str(ab_versions.ROOT), "rev-parse", "HEAD"], check=True,
                    capture_output=True)
   except (OSError, subprocess.CalledProcessError):
     pytest.skip("not a git checkout")
-  import ab_versions
 
   # The same commit on both sides (each extracted and imported under its own name): whatever the
   # working tree holds, the two compile to the same program, so the diff must be empty.
@@ -101,8 +100,6 @@ def test_ab_versions_finds_no_program_difference_between_a_commit_and_itself(cap
 
 
 def test_conv_in_loop_reports_every_program(tmp_path):
-  import conv_in_loop
-
   text = conv_in_loop.main(["--inner-steps", "2", "--repeats", "1", "--out", str(tmp_path / "c.md")])
   rows = [line for line in text.splitlines() if line.startswith("| optax") or line.startswith("| Entropy")]
   assert len(rows) == 4

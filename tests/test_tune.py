@@ -117,6 +117,6 @@ def test_time_limit_runs_nothing_and_the_report_names_each_missing_cell(tmp_path
   report = (out / "tuning.md").read_text()
   missing = [line for line in report.splitlines() if line.startswith("- MISSING")]
   assert len(missing) == 4 * 2 + 4 * 3
-  assert all("--time-limit" not in line and "python benchmarks/tune.py --quick" in line
+  assert all("--time-limit" not in line and "python -m benchmarks.tune --quick" in line
              for line in missing)
   assert "--optimizers entropy" in missing[-1]
