@@ -26,7 +26,7 @@ What is proven, file by file:
   Entropy-Adam rerun (26a88d5): that rerun's jax (0.10.2). Its note, the
   report header written by hand, moves into the JSON's ``notes`` so that the
   generated report keeps it;
-* ``tuning.json``: each cell's ``device`` and its group's dataset and data
+* ``tune.json``: each cell's ``device`` and its group's dataset and data
   fingerprint (``tune.py``'s); the jax of its one listed session covers 40 of
   63 cells, not which ones, so it is not used;
 * ``flatness.json``: one invocation made all its end points (``--fresh``,
@@ -50,7 +50,7 @@ from benchmarks import provenance
 
 REPO = provenance.REPO
 RESULTS = "benchmarks/results"
-REPRODUCTIONS = ("reproduction.json", "paper/reproduction.json", "gpu/reproduction.json")
+REPRODUCTIONS = ("reproduce.json", "paper/reproduce.json", "gpu/reproduce.json")
 GPU_LOG = "gpu/gpu_log.txt"
 CHARLSTM_RERUN = "26a88d5"
 """The commit that completed the char-LSTM Entropy-Adam cell on the CPU, with its note."""
@@ -183,7 +183,7 @@ def backfill_reproduction(rel: str, data: dict[str, Any]) -> dict[str, Any]:
 
 
 def backfill_tuning(data: dict[str, Any]) -> dict[str, Any]:
-  commits = first_commits("tuning.json", lambda d: d.get("cells", {}),
+  commits = first_commits("tune.json", lambda d: d.get("cells", {}),
                           lambda k, c: (k, c.get("seconds")))
   for key, cell in data["cells"].items():
     if cell.get("provenance") and not cell["provenance"].get("legacy"):
@@ -242,12 +242,12 @@ def backfilled(rel: str) -> dict[str, Any]:
   data = json.loads((REPO / RESULTS / rel).read_text())
   if rel in REPRODUCTIONS:
     return backfill_reproduction(rel, data)
-  if rel == "tuning.json":
+  if rel == "tune.json":
     return backfill_tuning(data)
   return backfill_flatness(data)
 
 
-FILES = (*REPRODUCTIONS, "tuning.json", "flatness.json")
+FILES = (*REPRODUCTIONS, "tune.json", "flatness.json")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -5,11 +5,11 @@ Reads the committed results of the other benchmarks and writes
 help?" includes it):
 
 * the reproductions (``reproduce.py``): the CPU runs at the paper's budgets
-  (``results/paper/reproduction.json``), the H100 run
-  (``results/gpu/reproduction.json``) and the short CPU run on a subset
-  (``results/reproduction.json``), each Entropy-SGD recipe against
+  (``results/paper/reproduce.json``), the H100 run
+  (``results/gpu/reproduce.json``) and the short CPU run on a subset
+  (``results/reproduce.json``), each Entropy-SGD recipe against
   SGD-Nesterov, Adam and SAM at equal gradient evaluations;
-* the fair protocol (``tune.py``, ``results/tuning.json``): every optimizer
+* the fair protocol (``tune.py``, ``results/tune.json``): every optimizer
   tuned alike on a validation split, then scored on the test set;
 * flatness at equal training loss (``flatness.py``, ``results/flatness.json``);
 * whether the char-LSTM is big enough for its comparison: Adam below 2.0 bits
@@ -48,9 +48,9 @@ RESULTS = HERE / "results"
 
 # (what, path under results/): the reproductions; a cell in two is taken from the first.
 REPRODUCTIONS = (
-    ("the paper's budgets", "paper/reproduction.json"),
-    ("the H100 run", "gpu/reproduction.json"),
-    ("a subset on the CPU", "reproduction.json"),
+    ("the paper's budgets", "paper/reproduce.json"),
+    ("the H100 run", "gpu/reproduce.json"),
+    ("a subset on the CPU", "reproduce.json"),
 )
 PAPER_OUT = "benchmarks/results/paper"
 # The paper's budgets in effective epochs (Entropy-SGD's headline numbers).
@@ -264,8 +264,8 @@ def charlstm_check(sources: Sequence[list[dict[str, Any]]]) -> list[str]:
 def tuning_section(db: dict[str, Any], verdicts: list[dict[str, Any]]) -> list[str]:
   """The fair protocol's final runs: each optimizer at its chosen configuration."""
   lines = ["### The fair protocol", "",
-           "From `benchmarks/results/tuning.json` (`benchmarks/tune.py`; its report "
-           "`tuning.md` states the protocol, the configurations tried and the search's "
+           "From `benchmarks/results/tune.json` (`benchmarks/tune.py`; its report "
+           "`tune.md` states the protocol, the configurations tried and the search's "
            "validation errors).", ""]
   groups = db.get("groups", {})
   if not groups:
@@ -308,7 +308,7 @@ def tuning_section(db: dict[str, Any], verdicts: list[dict[str, Any]]) -> list[s
                            "epochs": settings["effective_epochs"][task],
                            "data": "full training set",
                            "entropy": "Entropy-SGD (tuned recipe)", "baseline": LABELS[base],
-                           "verdict": j.verdict, "why": j.why, "files": ["tuning.json"]})
+                           "verdict": j.verdict, "why": j.why, "files": ["tune.json"]})
         else:
           row.append("")
       lines.append(writing.row(row))
@@ -327,7 +327,7 @@ def tuning_section(db: dict[str, Any], verdicts: list[dict[str, Any]]) -> list[s
     if missing:
       lines += ["", f"{missing} cells of this protocol are missing; `nohup python "
                 "benchmarks/tune.py --preset cpu --time-limit 14400 > tune.log 2>&1 &` runs them "
-                "(it resumes where it stopped; `tuning.md` names each one)."]
+                "(it resumes where it stopped; `tune.md` names each one)."]
     lines.append("")
   return lines
 
@@ -465,7 +465,7 @@ def build(results: pathlib.Path = RESULTS,
   body: list[str] = []
   sources = [(rel, load_records(results / rel)) for _, rel in REPRODUCTIONS]
   body += reproduction_section(sources, verdicts)
-  tuning_path = results / "tuning.json"
+  tuning_path = results / "tune.json"
   body += tuning_section(json.loads(tuning_path.read_text()) if tuning_path.is_file() else {},
                          verdicts)
   flat_path = results / "flatness.json"

@@ -20,7 +20,7 @@ work=$(mktemp -d)
     --repeats 5 --no-torch --out "$work/speed_lm_gpu"
   echo "speed lm exit $?"
   PYTHON="$python" TIME_LIMIT="${REPRO_TIME_LIMIT:-240}" timeout "${REPRO_LIMIT:-280}" \
-    bash benchmarks/gpu_reproduce.sh "$data_dir" "$work/reproduction_gpu"
+    bash benchmarks/gpu_reproduce.sh "$data_dir" "$work/reproduce_gpu"
   echo "reproduce exit $?"
   timeout "${SCALING_LIMIT:-40}" "$python" -m benchmarks.scaling --devices 1 --out "$work/scaling_gpu"
   echo "scaling exit $?"

@@ -3,7 +3,7 @@
 #   bash benchmarks/gpu_reproduce.sh DATA_DIR OUT [extra benchmarks.reproduce flags]
 # DATA_DIR holds the four Fashion-MNIST IDX .gz files (or MNIST's) and kjv.txt
 # (python -m benchmarks.reproduce --make-kjv DATA_DIR/kjv.txt writes it);
-# OUT receives reproduction.json, reproduction.md and reproduction_<task>.png.
+# OUT receives reproduce.json, reproduce.md and reproduce_<task>.png.
 # Optimizers: SGD-Nesterov, Adam, SAM and Entropy-SGD under the authors' Lua
 # recipe (Entropy-Adam on the char-LSTM), their PyTorch recipe and Pittorino
 # et al.'s (Bocconi); the last two are image-net recipes, skipped on the
@@ -12,7 +12,7 @@
 # OUT/checkpoints/: rerunning the same command resumes them. PRESET=paper runs the
 # paper's budgets instead (LeNet 80, char-LSTM 25 effective epochs on the whole
 # text): more than one call's time, so call it again with the same OUT (keep
-# OUT/reproduction.json and OUT/checkpoints/) until the report lists no missing cell.
+# OUT/reproduce.json and OUT/checkpoints/) until the report lists no missing cell.
 set -euo pipefail
 data_dir=${1:?give the data folder (IDX files and kjv.txt)}
 out=${2:?give the output folder}

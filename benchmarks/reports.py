@@ -1,7 +1,7 @@
 """Every report of the training records, from one code path and one verdict rule.
 
 The reports on the benchmarks' training records (``evidence.md``, each
-``reproduction.md``, ``tuning.md``, ``flatness.md``; the docs include them)
+``reproduce.md``, ``tune.md``, ``flatness.md``; the docs include them)
 judge every comparison with :func:`judge`: Welch's rule of
 :mod:`benchmarks.stats`, and only between records that
 :func:`benchmarks.provenance.comparable` lets meet (known, clean provenance;
@@ -194,7 +194,7 @@ def _reproduction(rel: str, argv: Optional[Sequence[str]]) -> Callable[[pathlib.
 def _tuning(results: pathlib.Path) -> str:
   from benchmarks import tune  # noqa: PLC0415
 
-  return tune.report_markdown(load_json("tuning.json", results))
+  return tune.report_markdown(load_json("tune.json", results))
 
 
 def _flatness(results: pathlib.Path) -> str:
@@ -213,10 +213,10 @@ PAPER_ARGV = ("--report-only", "--preset", "paper", "--out", "benchmarks/results
 """The command line whose target the paper-budget report's cell status is against."""
 
 REPORTS: dict[str, Callable[[pathlib.Path], str]] = {
-    "reproduction.md": _reproduction("reproduction.json", None),
-    "gpu/reproduction.md": _reproduction("gpu/reproduction.json", None),
-    "paper/reproduction.md": _reproduction("paper/reproduction.json", PAPER_ARGV),
-    "tuning.md": _tuning,
+    "reproduce.md": _reproduction("reproduce.json", None),
+    "gpu/reproduce.md": _reproduction("gpu/reproduce.json", None),
+    "paper/reproduce.md": _reproduction("paper/reproduce.json", PAPER_ARGV),
+    "tune.md": _tuning,
     "flatness.md": _flatness,
     "evidence.md": _evidence,
 }
@@ -244,7 +244,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from benchmarks import flatness  # noqa: PLC0415
     from benchmarks import reproduce  # noqa: PLC0415
 
-    for rel in ("reproduction.json", "gpu/reproduction.json", "paper/reproduction.json"):
+    for rel in ("reproduce.json", "gpu/reproduce.json", "paper/reproduce.json"):
       reproduce.write_figures(RESULTS / pathlib.Path(rel).parent,
                               reproduce.normalized_runs(load_json(rel)))
     flatness.plot(load_json("flatness.json"), RESULTS / "flatness.png")

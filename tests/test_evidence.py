@@ -43,7 +43,7 @@ def test_verdicts_come_from_the_seeds_and_missing_cells_name_their_command(tmp_p
       + [_record("mnistfc", "entropy_bocconi", s, 8.0 + 0.1 * s) for s in range(3)]
       # a LeNet cell stopped half-way: partial, not compared
       + [_record("lenet", "entropy", s, 9.0, epochs=80, complete=False) for s in range(3)])
-  _write(tmp_path / "paper" / "reproduction.json", records)
+  _write(tmp_path / "paper" / "reproduce.json", records)
   text = evidence.build(tmp_path)
 
   assert "| Entropy-SGD (Bocconi) | SGD-Nesterov | 1 | 0 | 0 |" in text
@@ -66,7 +66,7 @@ def test_verdicts_come_from_the_seeds_and_missing_cells_name_their_command(tmp_p
 def test_a_smaller_budget_or_subset_is_reported_but_never_counts_as_the_papers(tmp_path):
   records = [_record("mnistfc", o, s, 10.0 + s, epochs=20, items=10_000)
              for o in ("sgd", "entropy") for s in range(3)]
-  _write(tmp_path / "gpu" / "reproduction.json", records)
+  _write(tmp_path / "gpu" / "reproduce.json", records)
   text = evidence.build(tmp_path)
   assert "20 effective epochs (the paper's: 120), 10000 training images" in text
   assert "| mnistfc | SGD-Nesterov | missing |" in text
@@ -80,7 +80,7 @@ def test_the_char_lstm_check_says_when_adam_went_below_two_bits_per_character(tm
             "train_items": 74_481, "metric_name": "test bpc",
             "data": "kjv.txt: 4137850 characters, 63 symbols"}
 
-  _write(tmp_path / "paper" / "reproduction.json",
+  _write(tmp_path / "paper" / "reproduce.json",
          [lstm(0, [2.3, 2.05, 1.99]), lstm(1, [2.3, 2.0, 2.0]), lstm(2, [2.2, 1.9])])
   text = evidence.build(tmp_path)
   # Epochs 1 and 2 are common to the seeds; their means are 2.267 and 1.983.
@@ -88,7 +88,7 @@ def test_the_char_lstm_check_says_when_adam_went_below_two_bits_per_character(tm
           "(epoch 2); **yes**: below 2.0 from effective epoch 2 on.") in text
   assert "| charlstm | Adam | partial: 3 of 25 effective epochs (there: 1.995 ± 0.007 test bpc, " \
          "2 seeds) |" in text
-  _write(tmp_path / "paper" / "reproduction.json", [lstm(0, [2.3, 2.1]), lstm(1, [2.2, 2.1])])
+  _write(tmp_path / "paper" / "reproduce.json", [lstm(0, [2.3, 2.1]), lstm(1, [2.2, 2.1])])
   assert "**not yet** (measured to effective epoch 2)" in evidence.build(tmp_path)
 
 
@@ -133,7 +133,7 @@ def test_a_verdict_needs_both_sides_on_one_machine_at_one_commit(tmp_path):
   old = _record("mnistfc", "sam", 0, 9.0, origin=GPU)
   del old["provenance"]  # written before records carried provenance
   sam = [old] + [_record("mnistfc", "sam", s, 9.0 + 0.1 * s, origin=GPU) for s in (1, 2)]
-  _write(tmp_path / "gpu" / "reproduction.json", sgd + adam + lua + bocconi + sam)
+  _write(tmp_path / "gpu" / "reproduce.json", sgd + adam + lua + bocconi + sam)
   text = evidence.build(tmp_path)
   row = {line.split(" | ")[0][2:]: line for line in text.splitlines()
          if line.startswith("| Entropy-SGD (")}
@@ -180,7 +180,7 @@ def test_every_committed_report_is_its_rebuild_from_the_committed_records(rel):
 
 
 def test_the_char_lstm_cell_run_on_two_machines_has_no_verdict():
-  # gpu/reproduction.json: Entropy-Adam ran on 2 CPU cores (jax 0.10.2), its baselines on the
+  # gpu/reproduce.json: Entropy-Adam ran on 2 CPU cores (jax 0.10.2), its baselines on the
   # H100 (jax 0.11.2).
   lstm = [v for v in evidence.verdicts_of() if v["entropy"] == "Entropy-Adam"]
   assert lstm and all(v["verdict"] == "n/a" and "different machines" in v["why"]
@@ -191,7 +191,7 @@ def test_the_short_cpu_run_on_a_subset_is_in_the_evidence():
   text = evidence.build()
   assert ("**mnistfc (MLP, Fashion-MNIST)**: 20 effective epochs (the paper's: 120), 10000 "
           "training images") in text
-  assert "| Entropy-SGD (Lua) | `reproduction.json` | CPU, 2 cores |" in text
+  assert "| Entropy-SGD (Lua) | `reproduce.json` | CPU, 2 cores |" in text
 
 
 # The words of the README and the docs about results, each tested against the committed records:
@@ -224,7 +224,7 @@ def test_the_pages_say_no_verdict_stands_while_every_comparison_is_withheld():
 
 def test_the_pages_name_the_cross_machine_cells_as_their_records_do():
   when = _pages()["docs/when.md"]
-  gpu = _records("gpu/reproduction.json")
+  gpu = _records("gpu/reproduce.json")
   lstm = [r for r in gpu if r["task"] == "charlstm"]
   entropy = {(r["provenance"]["backend"], r["provenance"]["cores"], r["provenance"]["jax"])
              for r in lstm if r["optimizer"] == "entropy"}
@@ -234,13 +234,13 @@ def test_the_pages_name_the_cross_machine_cells_as_their_records_do():
   assert bases == {("NVIDIA H100 80GB HBM3", "0.11.2")}
   assert ("Entropy-Adam cell of the H100 run ran on 2 CPU cores with jax 0.10.2 against "
           "baselines run on the H100 with jax 0.11.2") in when
-  bocconi = {reports.machine(r) for r in _records("paper/reproduction.json")
+  bocconi = {reports.machine(r) for r in _records("paper/reproduce.json")
              if r["task"] == "mnistfc" and r["optimizer"] == "entropy_bocconi"
              and r["budget_eff_epochs"] == evidence.PAPER_BUDGET["mnistfc"]}
   assert bocconi == {"CPU, 2 cores"}
   assert (f"the Bocconi recipe's mnistfc cell at the paper's {evidence.PAPER_BUDGET['mnistfc']} "
           "effective epochs ran on 2 CPU cores against the H100's baselines") in when
-  subset = {r["train_items"] for r in _records("reproduction.json")}
+  subset = {r["train_items"] for r in _records("reproduce.json")}
   assert subset == {10000} and "on 2 CPU cores on a subset of 10000 training images" in when
 
 

@@ -136,11 +136,11 @@ def test_quick_run_of_sam_and_entropy_sgd_writes_json_report_and_plot_then_resum
   origins = [r["provenance"] for r in runs.values()]
   assert all(set(provenance.FIELDS) <= set(o) and o["jax"] == jax.__version__ for o in origins)
   assert len({o["dataset_fingerprint"] for o in origins}) == 1
-  report = (out / "reproduction.md").read_text()
+  report = (out / "reproduce.md").read_text()
   assert "Entropy-SGD (Lua) vs SAM" in report and "- SAM: complete (3 seeds)" in report
   assert ("- Adam: missing: `nohup python -m benchmarks.reproduce --quick --tasks mnistfc "
           f"--optimizers adam --out {out} &`") in report
-  assert (out / "reproduction_mnistfc.png").stat().st_size > 0
+  assert (out / "reproduce_mnistfc.png").stat().st_size > 0
   assert not (out / "checkpoints").exists()
   again = reproduce.main(args)
   assert {k: r["cell_seconds"] for k, r in again["runs"].items()} == {
@@ -157,7 +157,7 @@ def test_an_interrupted_cell_resumes_from_its_checkpoint_to_the_uninterrupted_re
   first = reproduce.main(interrupted)["runs"]
   assert all(not r["complete"] and r["eff_epochs"] == [1] for r in first.values())
   assert any((out / "checkpoints" / "mnistfc-entropy").iterdir())
-  report = (out / "reproduction.md").read_text()
+  report = (out / "reproduce.md").read_text()
   assert ("- Entropy-SGD (Lua): partial: 1 of 2 effective epochs: `nohup python -m "
           "benchmarks.reproduce --quick --tasks mnistfc --optimizers entropy") in report
   resumed = reproduce.main(interrupted)["runs"]  # the same command resumes at block 2
@@ -197,14 +197,14 @@ def test_a_larger_budget_reruns_cells_complete_only_at_a_smaller_one(tmp_path):
   runs = reproduce.main(common)["runs"]
   assert set(runs) == {"mnistfc/sgd/0@E1-T512-quick", "mnistfc/sgd/0@E2-T512-quick"}
   assert runs["mnistfc/sgd/0@E2-T512-quick"]["eff_epochs"] == [1, 2]
-  report = (tmp_path / "reproduction.md").read_text()
+  report = (tmp_path / "reproduce.md").read_text()
   assert "budget `E2-T512-quick`" in report and "budget `E1-T512-quick`" in report
 
 
 def test_two_runs_into_one_folder_keep_each_others_records(tmp_path, monkeypatch):
-  # Another run (another task, say) saves into the same reproduction.json while this one
+  # Another run (another task, say) saves into the same reproduce.json while this one
   # trains: this run's saves merge with the file instead of overwriting it.
-  path = tmp_path / "reproduction.json"
+  path = tmp_path / "reproduce.json"
   other = _record("adam", 0, 1.5, task="charlstm")
   other_key = reproduce.record_key("charlstm", "adam", 0, "E2-T512-quick")
   real_run_cell = reproduce.run_cell
@@ -285,14 +285,14 @@ def test_completing_commands_keep_the_data_flags_of_the_task():
 
 def test_old_records_keep_loading_and_report_against_the_paper_budgets(tmp_path):
   # The GPU run's file predates budget-keyed records: keys task/optimizer/seed.
-  shutil.copy(pathlib.Path(__file__).parent.parent / "benchmarks/results/gpu/reproduction.json",
-              tmp_path / "reproduction.json")
-  before = (tmp_path / "reproduction.json").read_text()
+  shutil.copy(pathlib.Path(__file__).parent.parent / "benchmarks/results/gpu/reproduce.json",
+              tmp_path / "reproduce.json")
+  before = (tmp_path / "reproduce.json").read_text()
   runs = reproduce.main(["--report-only", "--out", str(tmp_path), "--target-preset", "paper"])
   assert "mnistfc/sgd/0@E120-Tall" in runs["runs"] and "lenet/sgd/0@E40-Tall" in runs["runs"]
   assert "charlstm/adam/0@E10-T1000000" in runs["runs"]
-  assert (tmp_path / "reproduction.json").read_text() == before  # --report-only writes no JSON
-  report = (tmp_path / "reproduction.md").read_text()
+  assert (tmp_path / "reproduce.json").read_text() == before  # --report-only writes no JSON
+  report = (tmp_path / "reproduce.md").read_text()
   mnistfc = report[report.index("## mnistfc"):report.index("## lenet")]
   # gpu's mnistfc budget (120 effective epochs on all 60,000 images) is the paper's.
   assert "- Entropy-SGD (Lua): complete (3 seeds)" in mnistfc
@@ -331,7 +331,7 @@ def test_quick_runs_of_every_task_write_json_report_and_plots_then_resume(tmp_pa
   plan = [("mnistfc", "sam,entropy"), ("charlstm", "entropy"), ("allcnn", "sgd")]
   for task, optimizers in plan:
     reproduce.main(common + ["--tasks", task, "--optimizers", optimizers])
-  runs = json.loads((out / "reproduction.json").read_text())["runs"]
+  runs = json.loads((out / "reproduce.json").read_text())["runs"]
   sizes = {"mnistfc": 512, "charlstm": 4000, "allcnn": 256}
   expected = {f"{t}/{o}/{s}@{QUICK.format(sizes[t])}" for t, opts in plan for o in opts.split(",")
               for s in range(3)}
@@ -340,10 +340,10 @@ def test_quick_runs_of_every_task_write_json_report_and_plots_then_resume(tmp_pa
     assert record["complete"] and record["eff_epochs"] == [1, 2]
     assert np.all(np.isfinite(record["metric"]))
   assert all(0 < r["metric"][-1] < 10 for k, r in runs.items() if k.startswith("charlstm"))
-  report = (out / "reproduction.md").read_text()
+  report = (out / "reproduce.md").read_text()
   assert "Entropy-Adam" in report and "Verdict" in report
   for task, _ in plan:
-    assert (out / f"reproduction_{task}.png").stat().st_size > 0
+    assert (out / f"reproduce_{task}.png").stat().st_size > 0
 
   again = reproduce.main(common + ["--tasks", "mnistfc", "--optimizers", "sam,entropy"])
   assert {k: r["cell_seconds"] for k, r in again["runs"].items()} == {
@@ -354,4 +354,4 @@ def test_quick_runs_of_every_task_write_json_report_and_plots_then_resume(tmp_pa
 def test_time_limit_starts_no_new_cell_and_still_writes_the_report(tmp_path):
   result = reproduce.main(["--quick", "--tasks", "mnistfc", "--time-limit", "0",
                            "--out", str(tmp_path)])
-  assert result["runs"] == {} and (tmp_path / "reproduction.md").exists()
+  assert result["runs"] == {} and (tmp_path / "reproduce.md").exists()

@@ -96,12 +96,12 @@ def test_quick_protocol_resumes_keeps_validation_apart_and_states_the_protocol(t
       tune.fingerprint(test_x, test_y)}
   assert all(c["eval_set"].startswith("validation") for c in by("search", "entropy"))
 
-  report = (out / "tuning.md").read_text()
+  report = (out / "tune.md").read_text()
   assert "**Protocol.**" in report and "validation set carved from the training" in report
   assert "Welch" in report and "(chosen)" in report and "None: the protocol is complete" in report
 
   # Resumption: a second run trains nothing and keeps every record.
-  before = json.loads((out / "tuning.json").read_text())["cells"]
+  before = json.loads((out / "tune.json").read_text())["cells"]
   again = tune.main(args)
   assert again["sessions"][-1]["cells_run"] == 0 and len(again["sessions"]) == 2
   assert again["cells"] == before
@@ -114,7 +114,7 @@ def test_time_limit_runs_nothing_and_the_report_names_each_missing_cell(tmp_path
           "--time-limit", "0"]
   db = tune.main(args)
   assert db["cells"] == {}
-  report = (out / "tuning.md").read_text()
+  report = (out / "tune.md").read_text()
   missing = [line for line in report.splitlines() if line.startswith("- MISSING")]
   assert len(missing) == 4 * 2 + 4 * 3
   assert all("--time-limit" not in line and "python -m benchmarks.tune --quick" in line
