@@ -62,16 +62,16 @@ def git(*args: str) -> str:
 
 
 def history(rel: str) -> list[tuple[str, str]]:
-  """(commit, path at that commit) of every commit that changed ``rel``, oldest first."""
-  out = git("log", "--follow", "--reverse", "--name-only", "--format=%H", "--",
-            f"{RESULTS}/{rel}")
+  """(commit, path at that commit) of every commit that changed ``rel``, oldest first, across
+  renames (git's ``--follow`` does not follow them with ``--reverse``: reversed here)."""
+  out = git("log", "--follow", "--name-only", "--format=%H", "--", f"{RESULTS}/{rel}")
   pairs, commit = [], None
   for line in out.splitlines():
     if re.fullmatch(r"[0-9a-f]{40}", line):
       commit = line
     elif line.strip() and commit:
       pairs.append((commit, line.strip()))
-  return pairs
+  return pairs[::-1]
 
 
 def without_provenance(record: dict[str, Any]) -> dict[str, Any]:
