@@ -106,3 +106,34 @@ def test_conv_in_loop_reports_every_program(tmp_path):
   # Unrolled, no loop is left to keep a convolution on the slow path.
   unrolled = [row for row in rows if "unrolled" in row or "unroll=True" in row]
   assert len(unrolled) == 2 and all(row.split("|")[4].strip().startswith("0 of") for row in unrolled)
+
+
+def test_check_cost_times_each_step_with_and_without_the_callbacks(tmp_path):
+  import json
+  import re
+
+  import jax
+  import jax.numpy as jnp
+
+  from benchmarks import check_cost, nets, timing
+
+  loss = nets.cross_entropy(nets.apply_mlp)
+  params = nets.init_mlp(jax.random.key(0), (12, 8, 10))
+  batches = {"x": jnp.ones((3, 4, 12)), "y": jnp.zeros((3, 4), jnp.int32)}
+  tx, run = timing.entropy_candidate(loss, 3)
+  targets = {}
+  for checks in (True, False, True):  # compiled again: no trace reused across the two
+    text = check_cost.compile_step(run, params, tx.init(params), batches, checks=checks).as_text()
+    targets[checks] = set(re.findall(r'custom_call_target="([^"]*callback[^"]*)"', text))
+  # Only the shipped step holds the host callback that raises a refusal.
+  assert targets[True] and not targets[False]
+  check_cost.main(["--inner-steps", "2", "--repeats", "1", "--out", str(tmp_path)])
+  record = json.loads((tmp_path / "check_cost.json").read_text())
+  [result] = record["results"]
+  assert set(result["fused"]) == {"sgd", "fused", "fused, no callbacks"}
+  assert set(result["interleaved"]) == {"sgd", "interleaved", "interleaved, no callbacks"}
+  assert result["fused"]["sgd"]["per_gradient_vs_sgd"] == 1.0
+  assert all(row["ms_per_call"] > 0 for mode in ("fused", "interleaved")
+             for row in result[mode].values())
+  assert record["provenance"]["command"].startswith("python -m benchmarks.check_cost")
+  assert "| 2 | fused | fused, no callbacks |" in (tmp_path / "check_cost.md").read_text()
