@@ -41,9 +41,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from benchmarks import nets
+from benchmarks import provenance
+from benchmarks import timing
 import entropy_optax
-from entropy_optax._src.validation import run_time, update_args
-from benchmarks import nets, provenance, timing
+from entropy_optax._src.validation import run_time
+from entropy_optax._src.validation import update_args
 
 OUT = pathlib.Path(__file__).resolve().parent / "results"
 
@@ -119,7 +122,7 @@ def summarise(times: dict[str, list[float]], calls_per_round: dict[str, int],
   for name, ts in times.items():
     per_call = [t / calls_per_round[name] for t in ts]
     sgd = [t / calls_per_round["sgd"] for t in times["sgd"]]
-    ratio = statistics.median(a / (s * grads_per_call[name]) for a, s in zip(per_call, sgd))
+    ratio = statistics.median(a / (s * grads_per_call[name]) for a, s in zip(per_call, sgd, strict=True))
     out[name] = {"ms_per_call": 1e3 * statistics.median(per_call), "per_gradient_vs_sgd": ratio}
   return out
 
