@@ -329,6 +329,21 @@ def test_the_speed_sentences_quote_the_committed_speed_runs():
   assert (f"The state is {entropy['optimizer_state']:.0f}x the params, and a donated fused step "
           f"needs {entropy['fused_step_temp']:.2f}x the params in temporaries (optax SGD's scan: "
           f"{sgd['fused_step_temp']:.2f}x)") in readme
+  # The AMD EPYC sentences: the idle speed run and the run-time checks' cost, as committed.
+  idle = {r["inner_steps"]: r["ratio_to_optax_sgd"] for r in json.loads(
+      (reports.RESULTS / "speed_epyc_2026-12-06_idle.json").read_text())["results"]}
+  assert (f"the 0.3 step costs {idle[5]['entropy_sgd']:.2f}x at L = 5 and "
+          f"{idle[20]['entropy_sgd']:.2f}x at L = 20, through `make_train_step` "
+          f"{idle[5]['entropy_train_step']:.2f}x and {idle[20]['entropy_train_step']:.2f}x") in readme
+  cost = {r["inner_steps"]: r for r in json.loads(
+      (reports.RESULTS / "check_cost.json").read_text())["results"]}
+  ratio = lambda L, mode, name: cost[L][mode][name]["per_gradient_vs_sgd"]
+  assert (f"ran {ratio(5, 'fused', 'fused, no callbacks'):.2f}x instead of "
+          f"{ratio(5, 'fused', 'fused'):.2f}x at L = 5 and "
+          f"{ratio(20, 'fused', 'fused, no callbacks'):.2f}x instead of "
+          f"{ratio(20, 'fused', 'fused'):.2f}x at L = 20") in readme
+  assert (f"a step-interleaved call {ratio(5, 'interleaved', 'interleaved, no callbacks'):.1f}x "
+          f"instead of {ratio(5, 'interleaved', 'interleaved'):.1f}x an SGD step at L = 5") in readme
   # docs/results.md: "On an H100 the gap to SGD was larger, and the lead over PyTorch much larger".
   h100 = [r for r in json.loads((reports.RESULTS / "gpu/speed.json").read_text())["results"]
           if r["model"] == "mnistfc"]
