@@ -108,14 +108,7 @@ def local_entropy_estimate(
     >>> est.mean_params      # the proximal point gamma x / (1 + gamma)
     Array([0.5, 0.5], dtype=float32)
   """
-  concrete_gamma = validation.concrete_value(gamma)
-  if concrete_gamma is not None and concrete_gamma <= 0:
-    raise ValueError(f"gamma must be positive for a normalisable Gibbs measure, got {gamma}.")
-  if num_steps < 1 or burn_in < 0 or num_lambdas < 0:
-    raise ValueError(
-        "num_steps must be at least 1 and burn_in, num_lambdas non-negative; got "
-        f"num_steps={num_steps}, burn_in={burn_in}, num_lambdas={num_lambdas}."
-    )
+  concrete_gamma = validation.check_local_entropy_args(gamma, num_steps, burn_in, num_lambdas)
   count = hvp.num_batches(batches)
   value_and_grad = jax.value_and_grad(loss_fn)
   flat_anchor, _ = flatten_util.ravel_pytree(params)

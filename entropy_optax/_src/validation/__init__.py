@@ -19,6 +19,7 @@ from entropy_optax._src.validation.hyperparams import check_bool
 from entropy_optax._src.validation.hyperparams import check_choice
 from entropy_optax._src.validation.hyperparams import check_fraction
 from entropy_optax._src.validation.hyperparams import check_inner_steps
+from entropy_optax._src.validation.hyperparams import check_local_entropy_args
 from entropy_optax._src.validation.hyperparams import check_non_negative
 from entropy_optax._src.validation.hyperparams import check_positive
 from entropy_optax._src.validation.hyperparams import check_positive_int
@@ -64,6 +65,7 @@ __all__ = (
     "check_grad_fn_pair",
     "check_inner_steps",
     "check_like_params",
+    "check_local_entropy_args",
     "check_minibatch_axis",
     "check_mode_args",
     "check_non_negative",

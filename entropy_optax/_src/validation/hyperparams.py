@@ -164,3 +164,20 @@ def check_unroll(unroll: Any) -> int | bool:
     raise ValueError(
         f"unroll must be >= 1 (or True for a full unroll), got {unroll}."
     ) from None
+
+
+def check_local_entropy_args(gamma: Any, num_steps: int, burn_in: int,
+                             num_lambdas: int) -> float | None:
+  """The arguments of :func:`entropy_optax.diagnostics.local_entropy_estimate`.
+
+  Returns ``gamma``'s value where it is concrete (None when traced).
+  """
+  concrete_gamma = concrete_value(gamma)
+  if concrete_gamma is not None and concrete_gamma <= 0:
+    raise ValueError(f"gamma must be positive for a normalisable Gibbs measure, got {gamma}.")
+  if num_steps < 1 or burn_in < 0 or num_lambdas < 0:
+    raise ValueError(
+        "num_steps must be at least 1 and burn_in, num_lambdas non-negative; got "
+        f"num_steps={num_steps}, burn_in={burn_in}, num_lambdas={num_lambdas}."
+    )
+  return concrete_gamma
