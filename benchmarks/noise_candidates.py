@@ -31,11 +31,13 @@ the median and the spread over rounds.
 Candidates (all but ``threefry`` are counter-based: the draw of an element is a
 function of (key words, the element's index within its leaf)):
 
-* bits: ``triple32`` = one round of the triple32 integer hash (three
-  xorshift-multiplies) on (index + w0) xor w1, the package's since 0.3;
-  ``mix1`` = one round of lowbias32 (two xorshift-multiplies) on the same, the
-  package's in 0.2 (kept here only); ``mix2`` = two rounds of lowbias32, the
-  key's second word xored in between; ``philox`` = Philox-2x32-10 on the
+* bits: ``mxm3`` = three multiply-xorshift rounds (the triple32 integer
+  hash without its first xorshift) on (index + w0) xor w1, the package's since
+  0.3; ``triple32`` = the whole triple32 on the same; ``mix1`` = one round of
+  lowbias32 (two xorshift-multiplies) on the same, the package's in 0.2;
+  ``weyl + mix1`` = that round on the Weyl sequence (w0 + WEYL * index) xor
+  w1; ``mix2`` = two rounds of lowbias32, the key's second word xored in
+  between; ``philox`` = Philox-2x32-10 on the
   counter (index, w0) with key w1; ``squares`` = Widynski's squares32 on the
   counter index with the key (w0, w1 | 1), 64-bit arithmetic on uint32 pairs;
 * transforms of the bits: ``table`` (2^16-cell normal-quantile table, one
@@ -81,7 +83,6 @@ from benchmarks import noise_quality
 from benchmarks import provenance
 from benchmarks import writing
 from benchmarks import timing
-from entropy_optax._src import noise as noise_lib
 
 SGD_STEPS = 10
 NOISE_SCALE = timing.NOISE * np.sqrt(2 * 0.1)  # the paper's noise times sqrt(2 eta'), as speed.py
@@ -99,12 +100,17 @@ def _mix32(h: jax.Array) -> jax.Array:
   return h ^ (h >> 16)
 
 
-def _index(offset: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-  """offset + row-major index, from iotas (as the package builds it)."""
+# A Weyl increment: odd, close to 2^32 divided by the golden ratio (splitmix's).
+WEYL = 0x9E3779B9
+
+
+def _index(offset: jax.Array, shape: tuple[int, ...], increment: int = 1) -> jax.Array:
+  """offset + increment * row-major index (mod 2^32), from iotas."""
   index = jnp.broadcast_to(offset, shape)
   stride = 1
   for axis in reversed(range(len(shape))):
-    index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride % 2**32)
+    step = (stride * increment) % 2**32
+    index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(step)
     stride *= shape[axis]
   return index
 
@@ -118,9 +124,36 @@ def bits_mix1(words: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   return _mix32(_index(words[0], shape) ^ words[1])
 
 
+def bits_weyl_mix1(words: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """One lowbias32 round on the Weyl sequence (w0 + WEYL * index) xor w1."""
+  return _mix32(_index(words[0], shape, WEYL) ^ words[1])
+
+
+def _mxm3(h: jax.Array) -> jax.Array:
+  """triple32 without its first xorshift: three multiply-xorshift rounds."""
+  h = h * jnp.uint32(0xED5AD4BB)
+  h = h ^ (h >> 11)
+  h = h * jnp.uint32(0xAC4C1B51)
+  h = h ^ (h >> 15)
+  h = h * jnp.uint32(0x31848BAB)
+  return h ^ (h >> 14)
+
+
+def bits_mxm3(words: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """The package's bits (``noise.hash_bits``): three multiply-xorshift rounds
+  (triple32 without its first xorshift) on the keyed index."""
+  return _mxm3(_index(words[0], shape) ^ words[1])
+
+
+def _triple32(h: jax.Array) -> jax.Array:
+  """triple32 (xorshift-multiply, three multiplies)."""
+  h = h ^ (h >> 17)
+  return _mxm3(h)
+
+
 def bits_triple32(words: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-  """The package's bits (``noise.hash_bits``): one triple32 round on the keyed index."""
-  return noise_lib._hash32(_index(words[0], shape) ^ words[1])
+  """One triple32 round on the keyed index."""
+  return _triple32(_index(words[0], shape) ^ words[1])
 
 
 def _mulhilo(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -377,6 +410,8 @@ def candidates() -> dict[str, tuple[Callable, str]]:
       "mix1 + table": (counter_based(bits_mix1, normal_table), "float32"),
       "mix1 + ih3 (0.2's hash)": (counter_based(bits_mix1, normal_ih3), "float32"),
       "triple32 + ih3": (counter_based(bits_triple32, normal_ih3), "float32"),
+      "weyl + mix1 + ih3": (counter_based(bits_weyl_mix1, normal_ih3), "float32"),
+      "mxm3 + ih3": (counter_based(bits_mxm3, normal_ih3), "float32"),
       "philox + ih3": (counter_based(bits_philox, normal_ih3), "float32"),
       "squares + ih3": (counter_based(bits_squares, normal_ih3), "float32"),
       "mix1 + uniform (hash only)": (counter_based(bits_mix1, uniform), "float32"),
@@ -506,6 +541,7 @@ def measure(repeats: int, steps: int, burst: int = 3, only: list[str] | None = N
 
 QUALITY_SHAPE = (1000, 1000)
 QUALITY_STEPS = 8
+LONG_LEAF = 1 << 25
 
 
 def measure_quality(only: list[str] | None = None) -> dict[str, Any]:
@@ -516,16 +552,25 @@ def measure_quality(only: list[str] | None = None) -> dict[str, Any]:
   z and of |z| on two ``QUALITY_SHAPE`` leaves, as in
   tests/test_noise_independence.py; and for counter-based candidates the
   largest autocorrelation over all lags of the three fields that ``ih3`` sums,
-  in standard errors, over 8 keys on 2^20 indices.
+  in standard errors, over 8 keys on 2^20 indices; and the largest
+  autocorrelation of z and of |z| over every lag below 2^24 of one
+  ``LONG_LEAF``-element leaf, one step, in standard errors (where hashes that
+  pass on a million elements can fail).
   """
   n = int(np.prod(QUALITY_SHAPE))
   tree = {"a": jnp.zeros(QUALITY_SHAPE), "b": jnp.zeros(QUALITY_SHAPE)}
   rng = np.random.default_rng(0)
   rounded = lambda maxima: {r: [round(float(v), 5) for v in m] for r, m in maxima.items()}
   uniform_words = (rng.integers(0, 2**32, 1 << 20, dtype=np.uint64).astype(np.uint32) for _ in range(8))
+  def long_leaf(z):
+    z = np.asarray(z, np.float64).ravel()
+    c = noise_quality.max_lag_correlations([z, np.abs(z)], [(0, 0), (1, 1)])
+    return [round(float(v) * np.sqrt(LONG_LEAF), 2) for v in c]
+
   results: dict[str, Any] = {"numpy": {
       "relations": rounded(noise_quality.relation_maxima(noise_quality.independent_normals(n), QUALITY_STEPS)),
       "fields": [round(float(v), 2) for v in noise_quality.field_maxima(uniform_words)],
+      "long_leaf": long_leaf(np.random.default_rng(3).standard_normal(LONG_LEAF)),
   }}
   cands = {name: draw for name, (draw, dtype) in candidates().items() if dtype == "float32"}
   if only:
@@ -536,6 +581,8 @@ def measure_quality(only: list[str] | None = None) -> dict[str, Any]:
     maxima = noise_quality.relation_maxima(
         lambda k, run=run: tuple(np.asarray(v, np.float64).ravel() for v in run(k).values()), QUALITY_STEPS)
     entry: dict[str, Any] = {"relations": rounded(maxima)}
+    one = jax.jit(lambda draw=draw: draw(jax.random.key(5), {"a": jnp.zeros(LONG_LEAF)})["a"])
+    entry["long_leaf"] = long_leaf(one())
     bits_fn = getattr(draw, "bits", None)
     if bits_fn is not None:
       words = jax.jit(lambda k, bits_fn=bits_fn: bits_fn(key_words(k), (1 << 20,)))
@@ -598,10 +645,12 @@ def quality_markdown(record: dict[str, Any], slack: float = 1.3) -> list[str]:
       "Fields: the largest autocorrelation over all lags of each of the three bit fields that ih3",
       "sums (bits 1-10, 11-20, 21-31), in standard errors, over 8 keys on 2^20 indices (numpy:",
       "uniform words).",
+      "Long leaf: the largest autocorrelation of z and of |z| over every lag below 2^24 of one",
+      "2^25-element leaf, one step, in standard errors (numpy: its normals).",
       f"Verdict: every ratio <= {slack}, the bound of tests/test_noise_independence.py.",
       "",
       *writing.table(["candidate", "within a step: z, abs z", "between steps: z, abs z",
-                     "between leaves: z, abs z", "fields", "verdict"]),
+                     "between leaves: z, abs z", "fields", "long leaf: z, abs z", "verdict"]),
   ]
   for name, e in r.items():
     ratios = []
@@ -618,6 +667,14 @@ def quality_markdown(record: dict[str, Any], slack: float = 1.3) -> list[str]:
       ratios += rs
       cells.append(", ".join(f"{g:.1f}" + ("" if name == "numpy" else f" ({x:.2f})")
                              for g, x in zip(fields, rs, strict=True)))
+    else:
+      cells.append("-")
+    long = e.get("long_leaf")
+    if long is not None and independent.get("long_leaf") is not None:
+      rs = [g / b for g, b in zip(long, independent["long_leaf"], strict=True)]
+      ratios += rs
+      cells.append(", ".join(f"{g:.1f}" + ("" if name == "numpy" else f" ({x:.2f})")
+                             for g, x in zip(long, rs, strict=True)))
     else:
       cells.append("-")
     worst = max(ratios)

@@ -176,8 +176,10 @@ def bit_pair_correlation(a: np.ndarray, b: np.ndarray) -> float:
   return float(np.max(np.abs(products)) / np.sqrt(n))
 
 
-def avalanche(hash_fn: Callable[[np.ndarray], np.ndarray], counters: np.ndarray) -> float:
-  """Largest ``|P(output bit k flips) - 1/2|`` when counter bit ``j`` flips, over all (j, k).
+def avalanche(hash_fn: Callable[[np.ndarray], np.ndarray], counters: np.ndarray,
+              counter_bits: Sequence[int] = range(32)) -> float:
+  """Largest ``|P(output bit k flips) - 1/2|`` when counter bit ``j`` flips, over ``j`` in
+  ``counter_bits`` and all ``k``.
 
   Args:
     hash_fn: uint32 counters to uint32 words, elementwise (its key may vary
@@ -187,5 +189,5 @@ def avalanche(hash_fn: Callable[[np.ndarray], np.ndarray], counters: np.ndarray)
   """
   counters = np.asarray(counters, np.uint32)
   base = hash_fn(counters)
-  rates = np.stack([bits(base ^ hash_fn(counters ^ np.uint32(1 << j))).mean(0) for j in range(32)])
+  rates = np.stack([bits(base ^ hash_fn(counters ^ np.uint32(1 << j))).mean(0) for j in counter_bits])
   return float(np.max(np.abs(rates - 0.5)))

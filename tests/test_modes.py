@@ -213,14 +213,24 @@ def test_fused_mode_reads_only_params_not_the_states_walker_buffers(abandon):
 
 def test_unroll_computes_what_the_loop_computes():
   """``unroll`` only changes how XLA compiles the fused scan (and the plain
-  optax path of make_train_step): the same numbers, to float rounding."""
+  optax path of make_train_step): the same numbers, to float rounding.
+
+  Entropy-SGD's runs in float64, where rounding cannot hide a difference of
+  computation: in float32 the two programs contract other products into
+  FMAs, and over 16 noisy Langevin steps that moved an element of size 2e-3
+  by 1.1e-7 (an ulp of the step's intermediates of size 1).
+  """
   params, batches = _mlp_problem(8)
   kwargs = dict(inner_steps=4, noise=1e-2, momentum=0.9, inner_momentum=0.9, key=5)
-  rolled, s_rolled = harness.run_fused(entropy_optax.entropy_sgd(0.5, **kwargs), params, batches, 4)
-  unrolled, s_unrolled = harness.run_fused(
-      entropy_optax.entropy_sgd(0.5, unroll=True, **kwargs), params, batches, 4)
-  for a, b in zip(jax.tree.leaves((rolled, s_rolled)), jax.tree.leaves((unrolled, s_unrolled))):
-    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  with jax.enable_x64(True):
+    params64, batches64 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), (params, batches))
+    rolled, s_rolled = harness.run_fused(
+        entropy_optax.entropy_sgd(0.5, **kwargs), params64, batches64, 4)
+    unrolled, s_unrolled = harness.run_fused(
+        entropy_optax.entropy_sgd(0.5, unroll=True, **kwargs), params64, batches64, 4)
+    assert all(x.dtype == jnp.float64 for x in jax.tree.leaves(rolled))
+    for a, b in zip(jax.tree.leaves((rolled, s_rolled)), jax.tree.leaves((unrolled, s_unrolled))):
+      np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
   loss = lambda p, batch: harness.mlp_loss(p, batch)
   tx = optax.sgd(0.1, momentum=0.9)
   results = []

@@ -147,14 +147,13 @@ def test_hash_noise_depends_on_the_sum_of_the_three_fields_only():
   np.testing.assert_array_equal(jax.jit(noise.normal_from_bits)(jnp.asarray(bits ^ 1)), z)
 
 
-def test_hash_bits_are_triple32_of_the_keyed_index():
+def test_hash_bits_are_three_multiply_xorshift_rounds_of_the_keyed_index():
   """The values are pinned: a pure function of (key words, index), the same on
-  every machine. triple32 computed here in numpy. (0.3 changed the hash from
-  one lowbias32 round, whose bits correlated at lags that are multiples of
-  1024: tests/test_noise_independence.py.)"""
-  def triple32(h):
+  every machine. The hash computed here in numpy. (0.3 changed it from one
+  lowbias32 round, whose bits correlated at lags that are multiples of 1024:
+  tests/test_noise_independence.py.)"""
+  def mxm3(h):
     h = h.astype(np.uint64)
-    h ^= h >> 17
     h = (h * 0xED5AD4BB) & 0xFFFFFFFF
     h ^= h >> 11
     h = (h * 0xAC4C1B51) & 0xFFFFFFFF
@@ -163,7 +162,7 @@ def test_hash_bits_are_triple32_of_the_keyed_index():
     return (h ^ (h >> 14)).astype(np.uint32)
 
   index = (np.arange(6 * 5, dtype=np.uint64) + 12345).astype(np.uint32)
-  expected = triple32(index ^ np.uint32(678)).reshape(6, 5)
+  expected = mxm3(index ^ np.uint32(678)).reshape(6, 5)
   np.testing.assert_array_equal(noise.hash_bits(WORDS, (6, 5)), expected)
 
 

@@ -12,14 +12,15 @@ Two generators turn a step's key into N(0, 1) draws for every leaf:
 * ``"hash"`` (the default): a counter-based generator. Each leaf gets two
   key words, drawn with threefry from the step key and the leaf's position;
   element ``i`` of the leaf (its row-major index) gets the 32 bits
-  ``triple32((i + w0) xor w1)`` (a bijective integer hash of three
-  xorshift-multiply rounds), and its draw is the sum of three uniform fields
-  of those bits (10, 10 and 11 bits) mapped to N(0, 1) by an odd degree-9
-  polynomial (:func:`normal_from_bits`). Integer and float arithmetic only, no
-  table, no transcendental: the draw is an elementwise function of the
-  element's index, so XLA fuses it into the Langevin update, nothing random is
-  materialised, and the numbers are the same on every machine and however the
-  leaf is sharded. It always computes in float32 and casts to the leaf's dtype.
+  ``h((i + w0) xor w1)``, ``h`` a bijective integer hash of three
+  multiply-xorshift rounds (triple32's, without its first xorshift), and its
+  draw is the sum of three uniform fields of those bits (10, 10 and 11 bits)
+  mapped to N(0, 1) by an odd degree-9 polynomial (:func:`normal_from_bits`).
+  Integer and float arithmetic only, no table, no transcendental: the draw is
+  an elementwise function of the element's index, so XLA fuses it into the
+  Langevin update, nothing random is materialised, and the numbers are the
+  same on every machine and however the leaf is sharded. It always computes
+  in float32 and casts to the leaf's dtype.
 
   What is shown of its draws: their law is a fixed discrete law within 3.2e-4
   of the normal's CDF, |z| <= 4.52 (tests/test_noise.py). Their independence,
@@ -27,21 +28,21 @@ Two generators turn a step's key into N(0, 1) draws for every leaf:
   1000 x 1000 leaves; more in its slow tests): at every lag below 500,000 the
   correlations of z and of |z|, within a step, between consecutive steps and
   between two leaves, stay within 1.3x of the largest that numpy's independent
-  normals reach in the same computation; so do the autocorrelations at every
+  normals reach in the same computation, and so do they at every lag below
+  2^24 of one 2^25-element leaf (slow); so do the autocorrelations at every
   lag of each bit field that the draw sums, against numpy's uniform words;
   each bit is balanced within 4.5 standard errors; the 32 x 32 correlations of
   the bits of words one and two indices apart, and of one index in consecutive
-  steps, stay below 5.5 standard errors; and one flipped counter bit flips
-  every output bit with probability 1/2 within 0.004. 0.2's generator (one
-  lowbias32 round) failed the first two: the |z| of one step's draws
-  correlated at some lag by 0.012 (2.2x numpy's), and its bit fields up to
-  4.0x. No test can show independence; these show no dependence that they
-  can see.
+  steps, stay below 5.5 standard errors; and flipping one of the counter's
+  bits 0 to 29 flips every output bit with probability 1/2 within 0.004
+  (bits 30 and 31, which only elements 2^30 or more apart differ in: 0.012).
+  0.2's generator (one lowbias32 round) failed the first two: the |z| of one
+  step's draws correlated at some lag by 0.012 (2.2x numpy's), and its bit
+  fields up to 4.0x. No test can show independence; these show no dependence
+  that they can see.
 
-  Fused into the Langevin update on a 2-core AMD EPYC VM it added 0.028-0.052
-  of an optax SGD step (with its gradient) per Langevin step on mnistfc,
-  against 0.026-0.037 for 0.2's generator in the same three runs
-  (benchmarks/results/noise_candidates.md).
+  What it costs fused into the Langevin update, beside 0.2's generator and
+  the other candidates in the same run: benchmarks/results/noise_candidates.md.
 * ``"threefry"``: ``jax.random.normal`` per leaf, JAX's standard generator,
   kept as a reference (sharding-independent too; dear on a CPU, about 0.95 of
   an SGD step per Langevin step on mnistfc on that VM).
@@ -101,15 +102,17 @@ def step_key(data: jax.Array, outer_count: jax.Array, inner_count: jax.Array) ->
 
 
 def _hash32(h: jax.Array) -> jax.Array:
-  """triple32: a bijective 32-bit integer hash (xorshift-multiply, three multiplies).
+  """Three multiply-xorshift rounds: a bijective 32-bit integer hash.
 
-  One round of lowbias32 (two multiplies), this generator's hash in 0.2, left
-  the bits of consecutive counters correlated (tests/test_noise_independence.py:
-  the |z| of one step's draws correlated at some lag 2.2x more than
-  independent normals do); triple32 leaves none that those tests can see, at
-  the cost of one more multiply.
+  triple32's multipliers and shifts without its first xorshift, which on
+  keyed indices bought nothing that tests/test_noise_independence.py can see
+  and cost two of the hash's eleven operations. One round of lowbias32 (two
+  multiplies), this generator's hash in 0.2, left the bits of consecutive
+  counters correlated (the |z| of one step's draws correlated at some lag 2.2x
+  more than independent normals do), and so does that round fed a Weyl
+  sequence, at lags of millions (27.7 standard errors at lag 16,109,056 on a
+  2^25-element leaf).
   """
-  h = h ^ (h >> 17)
   h = h * jnp.uint32(0xED5AD4BB)
   h = h ^ (h >> 11)
   h = h * jnp.uint32(0xAC4C1B51)
@@ -136,7 +139,7 @@ def _keyed_index(offset: jax.Array, shape: tuple[int, ...], sharding: Any = None
 
 
 def hash_bits(words: jax.Array, shape: tuple[int, ...], out_sharding: Any = None) -> jax.Array:
-  """32 random bits per element: ``triple32((index + words[0]) ^ words[1])``.
+  """32 random bits per element: ``_hash32((index + words[0]) ^ words[1])``.
 
   How independent they are, over indices, steps (other key words) and leaves,
   is what tests/test_noise_independence.py measures.

@@ -121,12 +121,13 @@ def local_entropy(
       chained before this one only sees the first gradient of each outer
       step. Its state is kept across outer steps.
     noise_generator: ``"hash"`` (default), a counter-based generator fused
-      into the update: the triple32 hash of the element's index and
-      the step's key, three uniform fields of its bits summed and mapped to
-      N(0, 1) by a polynomial (no table, ``|z| <= 4.52``); or ``"threefry"``,
-      ``jax.random.normal`` (several times dearer). Both are reproducible
-      from the key and independent of the machine and the sharding; they
-      draw different numbers.
+      into the update: a 32-bit integer hash (three multiply-xorshift
+      rounds) of the element's index and the step's key, three uniform
+      fields of its bits summed and mapped to N(0, 1) by a polynomial (no
+      table, ``|z| <= 4.52``); or ``"threefry"``, ``jax.random.normal``
+      (several times dearer). Both are reproducible from the key and
+      independent of the machine and the sharding; they draw different
+      numbers.
     unroll: fused mode's inner loop: ``False`` (default) keeps it a
       ``lax.scan`` loop, ``True`` unrolls it (no loop at all), an int n takes
       n steps per loop iteration (``lax.scan``'s unroll; an int is a numeric
