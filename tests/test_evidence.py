@@ -358,3 +358,42 @@ def test_the_flatness_sentences_say_what_the_committed_verdicts_say():
   assert "under weight noise of sigma 0.3 and of 0.5 to 0.8" in when
   assert "a lower test loss (all three) and a lower test error (Lua at gamma0 1 and Bocconi)" in when
   assert "the lower test loss (a significant win for every recipe)" in results_page
+
+
+def _ab_noise_costs():
+  """Per ref of ``ab_noise.md``: {L: {version: noise cost}}, each version's fused step minus
+  the same step with noise 0, per gradient, in SGD steps, from the printed runs."""
+  text = (reports.RESULTS / "ab_noise.md").read_text()
+  out = {}
+  for ref, block in re.findall(r"--ref (\w+) .*?```\n(.*?)```", text, re.S):
+    costs = {}
+    for inner, rows in re.findall(r"L = (\d+), \d+ repetitions:\n(.*?)(?=\nmnistfc|\Z)", block, re.S):
+      ratio = {name + zero: float(x) for name, zero, x in
+               re.findall(r"^  (ref \w+|new)( noise 0)? +([\d.]+)x", rows, re.M)}
+      costs[int(inner)] = {v: ratio[v] - ratio[v + " noise 0"] for v in (f"ref {ref}", "new")}
+    out[ref] = costs
+  return out
+
+
+def test_the_noise_cost_sentences_quote_the_committed_runs():
+  """README's and the speed page's noise costs: the bare-scan runs of noise_candidates
+  and the in-step A/B of ab_noise.md, as committed."""
+  bare = [json.loads((reports.RESULTS / f"{name}.json").read_text())["cost"]["results"]["candidates"]
+          for name in ("noise_candidates", "noise_candidates_focus")]
+  old_hash = "mix1 + ih3 (0.2's hash)"
+  fused = lambda name: " and ".join(
+      f"{run[name]['fused_fraction_of_sgd_step']['median']:.3f}" for run in bare)
+  speed_page = " ".join((reports.REPO / "docs/results/speed.md").read_text().split())
+  assert (f"package's generator (three multiply-xorshift rounds) cost "
+          f"{fused('package (noise.py default)')} of an SGD step per Langevin step, 0.2's generator "
+          f"{fused(old_hash)}, triple32 {fused('triple32 + ih3')} in the same "
+          "runs") in speed_page
+  costs = _ab_noise_costs()
+  assert set(costs) == {"939f0e7", "cade3aa"} and all(set(c) == {5, 20} for c in costs.values())
+  old = costs["cade3aa"]
+  assert (f"gave {old[5]['new']:.3f} (L = 5) and {old[20]['new']:.3f} (L = 20) of an SGD step per "
+          f"Langevin step for the package's generator and {old[5]['ref cade3aa']:.3f} and "
+          f"{old[20]['ref cade3aa']:.3f} for 0.2's") in speed_page
+  assert all(c <= 0.04 for run in costs.values() for per in run.values() for c in per.values())
+  assert (f"its noise costs {old[5]['new']:.3f} and {old[20]['new']:.3f} of an SGD step per "
+          "Langevin step") in _pages()["README.md"]
