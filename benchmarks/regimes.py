@@ -426,6 +426,21 @@ def findings(db: dict[str, Any], preset: Preset) -> list[str]:
   return lines
 
 
+def cell_sentence(db: dict[str, Any], preset: Preset, regime: str) -> str:
+  """One complete regime's final test errors and verdicts in one sentence (the tuning page's)."""
+  summary = regime_summary(db, regime, preset)
+  rows = summary["rows"]
+  error = lambda opt: writing.mean_std(rows[opt]["final"])
+  verdicts = {(v["entropy"], v["baseline"]): v["verdict"] for v in summary["verdicts"]
+              if v["metric"] == "final"}
+  words = {"win": "beat", "loss": "lost to", "tie": "tied"}
+  against = "; ".join(
+      f"{LABELS[e]} ({error(e)}) " + ", ".join(
+          f"{words[verdicts[(e, b)]]} {LABELS[b]} ({error(b)})" for b in ("sgd", "adam", "sam"))
+      for e in ENTROPY)
+  return f"Final test error %, {preset.seeds} seeds each: {against}."
+
+
 def headline(db: dict[str, Any], preset: Preset) -> str:
   """The map in one sentence, from its verdicts: the README's expectation line.
 

@@ -135,6 +135,14 @@ def test_the_readme_and_the_findings_page_say_what_the_committed_map_shows():
   assert (results / "findings.md").read_text() == "".join(f"- {line}\n" for line in lines)
 
 
+def test_the_tuning_page_says_what_the_base_regime_shows():
+  """The corrected tuning protocol (issue 25) is the map's base regime: its sentence there."""
+  db = json.loads((regimes.HERE / "results" / "regimes" / "regimes.json").read_text())
+  page = " ".join((regimes.HERE.parent / "docs" / "results" / "tuning.md").read_text().split())
+  sentence = regimes.cell_sentence(db, regimes.PRESETS["cpu"], "base")
+  assert "missing" not in sentence and sentence in page
+
+
 def test_the_committed_report_is_its_rebuild_from_the_committed_records(tmp_path):
   results = regimes.HERE / "results" / "regimes"
   db = json.loads((results / "regimes.json").read_text())
