@@ -315,6 +315,12 @@ def tuning_section(db: dict[str, Any], verdicts: list[dict[str, Any]]) -> list[s
     lines += ["", ranking({LABELS[o] if o != "entropy" else "Entropy-SGD (tuned recipe)":
                            [c["metric"] for c in finals[o]]
                            for o in ("sgd", "adam", "sam", "entropy") if finals.get(o)}, 2)]
+    if task == "mnistfc":
+      lines += ["", "This search shares Entropy-SGD's configurations among its recipes and values "
+                "of L, one seed each. Its correction on mnistfc, 4 configurations for every "
+                "optimizer (each recipe its own), 2 seeds per search configuration, 3 final "
+                "seeds, one machine and commit, is the regime map's base regime "
+                "(`results/regimes/regimes.md`; docs/results/tuning.md says what it shows)."]
     if withheld:
       from benchmarks import tune  # noqa: PLC0415  (imports jax)
 
