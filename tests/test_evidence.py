@@ -313,6 +313,8 @@ def test_the_speed_sentences_quote_the_committed_speed_runs():
   assert (f"the 0.3 step costs {idle[5]['entropy_sgd']:.2f}x at L = 5 and "
           f"{idle[20]['entropy_sgd']:.2f}x at L = 20, through `make_train_step` "
           f"{idle[5]['entropy_train_step']:.2f}x and {idle[20]['entropy_train_step']:.2f}x") in readme
+  assert (f"its noise generator included, cost {idle[5]['entropy_sgd']:.2f}x at L = 5 and "
+          f"{idle[20]['entropy_sgd']:.2f}x at L = 20") in results_page
   cost = {r["inner_steps"]: r for r in json.loads(
       (reports.RESULTS / "check_cost.json").read_text())["results"]}
   ratio = lambda L, mode, name: cost[L][mode][name]["per_gradient_vs_sgd"]
