@@ -35,7 +35,8 @@ Two generators turn a step's key into N(0, 1) draws for every leaf:
   the bits of words one and two indices apart, and of one index in consecutive
   steps, stay below 5.5 standard errors; and flipping one of the counter's
   bits 0 to 29 flips every output bit with probability 1/2 within 0.004
-  (bits 30 and 31, which only elements 2^30 or more apart differ in: 0.012).
+  (bits 30 and 31, which only elements 2^30 or more apart differ in, within
+  0.012).
   0.2's generator (one lowbias32 round) failed the first two: the |z| of one
   step's draws correlated at some lag by 0.012 (2.2x numpy's), and its bit
   fields up to 4.0x. No test can show independence; these show no dependence
@@ -45,7 +46,7 @@ Two generators turn a step's key into N(0, 1) draws for every leaf:
   the other candidates in the same run: benchmarks/results/noise_candidates.md.
 * ``"threefry"``: ``jax.random.normal`` per leaf, JAX's standard generator,
   kept as a reference (sharding-independent too; dear on a CPU, about 0.95 of
-  an SGD step per Langevin step on mnistfc on that VM).
+  an SGD step per Langevin step on mnistfc on a 2-core AMD EPYC VM).
 
 Both are reproducible from the key; they draw different numbers.
 """
