@@ -83,6 +83,7 @@ from benchmarks import noise_quality
 from benchmarks import provenance
 from benchmarks import writing
 from benchmarks import timing
+from entropy_optax._src import noise as noise_lib
 
 SGD_STEPS = 10
 NOISE_SCALE = timing.NOISE * np.sqrt(2 * 0.1)  # the paper's noise times sqrt(2 eta'), as speed.py
@@ -129,26 +130,16 @@ def bits_weyl_mix1(words: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   return _mix32(_index(words[0], shape, WEYL) ^ words[1])
 
 
-def _mxm3(h: jax.Array) -> jax.Array:
-  """triple32 without its first xorshift: three multiply-xorshift rounds."""
-  h = h * jnp.uint32(0xED5AD4BB)
-  h = h ^ (h >> 11)
-  h = h * jnp.uint32(0xAC4C1B51)
-  h = h ^ (h >> 15)
-  h = h * jnp.uint32(0x31848BAB)
-  return h ^ (h >> 14)
-
-
 def bits_mxm3(words: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   """The package's bits (``noise.hash_bits``): three multiply-xorshift rounds
   (triple32 without its first xorshift) on the keyed index."""
-  return _mxm3(_index(words[0], shape) ^ words[1])
+  return noise_lib._hash32(_index(words[0], shape) ^ words[1])
 
 
 def _triple32(h: jax.Array) -> jax.Array:
-  """triple32 (xorshift-multiply, three multiplies)."""
-  h = h ^ (h >> 17)
-  return _mxm3(h)
+  """triple32: its first xorshift, then the package's three multiply-xorshift
+  rounds (tests/test_noise.py pins those to triple32's multipliers and shifts)."""
+  return noise_lib._hash32(h ^ (h >> 17))
 
 
 def bits_triple32(words: jax.Array, shape: tuple[int, ...]) -> jax.Array:
@@ -653,30 +644,20 @@ def quality_markdown(record: dict[str, Any], slack: float = 1.3) -> list[str]:
                      "between leaves: z, abs z", "fields", "long leaf: z, abs z", "verdict"]),
   ]
   for name, e in r.items():
-    ratios = []
-    cells = []
-    for relation in noise_quality.RELATIONS:
-      got, base = e["relations"][relation], independent["relations"][relation]
+    ratios: list[float] = []
+
+    def cell(got, base, digits):
+      if got is None or base is None:
+        return "-"
       rs = [g / b for g, b in zip(got, base, strict=True)]
-      ratios += rs
-      cells.append(", ".join(f"{g:.4f}" + ("" if name == "numpy" else f" ({x:.2f})")
-                             for g, x in zip(got, rs, strict=True)))
-    fields = e.get("fields")
-    if fields is not None:
-      rs = [g / b for g, b in zip(fields, independent["fields"], strict=True)]
-      ratios += rs
-      cells.append(", ".join(f"{g:.1f}" + ("" if name == "numpy" else f" ({x:.2f})")
-                             for g, x in zip(fields, rs, strict=True)))
-    else:
-      cells.append("-")
-    long = e.get("long_leaf")
-    if long is not None and independent.get("long_leaf") is not None:
-      rs = [g / b for g, b in zip(long, independent["long_leaf"], strict=True)]
-      ratios += rs
-      cells.append(", ".join(f"{g:.1f}" + ("" if name == "numpy" else f" ({x:.2f})")
-                             for g, x in zip(long, rs, strict=True)))
-    else:
-      cells.append("-")
+      ratios.extend(rs)
+      return ", ".join(f"{g:.{digits}f}" + ("" if name == "numpy" else f" ({x:.2f})")
+                       for g, x in zip(got, rs, strict=True))
+
+    cells = [cell(e["relations"][relation], independent["relations"][relation], 4)
+             for relation in noise_quality.RELATIONS]
+    cells.append(cell(e.get("fields"), independent.get("fields"), 1))
+    cells.append(cell(e.get("long_leaf"), independent.get("long_leaf"), 1))
     worst = max(ratios)
     verdict = "-" if name == "numpy" else ("passes" if worst <= slack else f"fails ({worst:.2f}x)")
     lines.append(writing.row([name, *cells, verdict]))
