@@ -45,6 +45,7 @@ import optax
 
 from benchmarks import datasets as data_lib
 from benchmarks import provenance
+from benchmarks import reports
 from benchmarks import reproduce
 from benchmarks import stats
 from benchmarks import writing
@@ -405,25 +406,162 @@ def plot_map(path: pathlib.Path, db: dict[str, Any], preset: Preset) -> bool:
   return True
 
 
-def findings(db: dict[str, Any], preset: Preset) -> list[str]:
-  """What the map shows, in words, from its verdicts: the report's and the docs' summary."""
-  complete, wins, losses = [], [], []
+BASELINES = ("sgd", "adam", "sam")
+SHORT = {"lua": "Lua", "bocconi": "Bocconi"}
+
+
+def describe(name: str, preset: Preset) -> str:
+  """A regime in words: its label noise, training images and batch size."""
+  size, batch = regime_sizes(name, preset)
+  return f"noise {REGIMES[name].label_noise:.0%}, {size:,} images, batch {batch}"
+
+
+def complete_regimes(db: dict[str, Any], preset: Preset) -> list[str]:
+  """The regimes whose every verdict is in, in the order the map runs."""
+  return [n for n in ORDER if not any(
+      v["verdict"] == "missing" for v in regime_summary(db, n, preset)["verdicts"])]
+
+
+def progress(db: dict[str, Any], name: str, preset: Preset) -> str:
+  """How far a regime's runs are: search and final runs done of all."""
+  searched = sum(search_key(name, o, i, s) in db["cells"] for o in OPTIMIZERS
+                 for i in range(preset.configs) for s in search_seeds(preset))
+  finals = sum(regime_summary(db, name, preset)["rows"][o]["seeds"] for o in OPTIMIZERS)
+  return (f"search {searched} of {len(OPTIMIZERS) * preset.configs * preset.search_seeds}, "
+          f"final {finals} of {len(OPTIMIZERS) * preset.seeds}")
+
+
+def grid(db: dict[str, Any], preset: Preset) -> list[str]:
+  """Every regime's verdicts in one table (final / best-on-validation test error), a row each.
+
+  A regime still running shows its progress instead.
+  """
+  header = ["regime", "lowest mean final test error %"] + [
+      f"{SHORT[e]} vs {LABELS[b]}" for e in ENTROPY for b in BASELINES]
+  rows = []
   for name in ORDER:
-    verdicts = regime_summary(db, name, preset)["verdicts"]
-    if any(v["verdict"] == "missing" for v in verdicts):
+    summary = regime_summary(db, name, preset)
+    head = f"{name} ({describe(name, preset)})"
+    if name not in complete_regimes(db, preset):
+      rows.append([head, f"pending: {progress(db, name, preset)}"] + [""] * (len(header) - 2))
       continue
-    complete.append(name)
-    for v in verdicts:
-      text = (f"{LABELS[v['entropy']]} vs {LABELS[v['baseline']]} in {name} "
-              f"({'final' if v['metric'] == 'final' else 'best-on-validation'}, p {v['p']:.2g})")
-      (wins if v["verdict"] == "win" else losses if v["verdict"] == "loss" else []).append(text)
+    means = {o: float(np.mean(r["final"])) for o, r in summary["rows"].items()}
+    best = min(means, key=means.get)
+    v = {(x["entropy"], x["baseline"], x["metric"]): x["verdict"] for x in summary["verdicts"]}
+    rows.append([head, f"{LABELS[best]} {means[best]:.2f}"] + [
+        f"{v[e, b, 'final']} / {v[e, b, 'best_val']}" for e in ENTROPY for b in BASELINES])
+  return writing.table(header, rows)
+
+
+def advice(db: dict[str, Any], preset: Preset) -> str:
+  """Where, if anywhere, to try Entropy-SGD, from the complete regimes' verdicts.
+
+  A recipe counts as beating a baseline in a regime when its final or its
+  best-on-validation test error wins the verdict.
+  """
+  complete = complete_regimes(db, preset)
+  pending = [n for n in ORDER if n not in complete]
   if not complete:
-    return ["No regime is complete yet: no verdict."]
-  lines = [f"Complete regimes: {', '.join(complete)} of {len(ORDER)}."]
-  lines.append("Entropy-SGD wins: " + ("; ".join(wins) if wins else
-                                       "none (no regime found where it helps, so far)") + ".")
-  lines.append("Entropy-SGD losses: " + ("; ".join(losses) if losses else "none") + ".")
+    return "No regime is complete yet: no verdict."
+  summaries = {n: regime_summary(db, n, preset) for n in complete}
+
+  def beaten(name: str, baselines: Sequence[str]) -> list[str]:
+    won = {(v["entropy"], v["baseline"]) for v in summaries[name]["verdicts"]
+           if v["verdict"] == "win" and v["baseline"] in baselines}
+    return [f"{SHORT[e]} vs {LABELS[b]}" for e in ENTROPY for b in BASELINES if (e, b) in won]
+
+  still = (f" ({len(pending)} of {len(ORDER)} regimes still running: {', '.join(pending)})"
+           if pending else "")
+  wins = {n: beaten(n, ("sgd", "adam")) for n in complete}
+  found = [n for n in complete if wins[n]]
+  if found:
+    text = ("**Where to try Entropy-SGD:** " + "; ".join(
+        f"{n} ({describe(n, preset)}: {', '.join(wins[n])})" for n in found)
+            + f", where it beat SGD-Nesterov or Adam{still}.")
+  else:
+    text = (f"**No regime found** where Entropy-SGD beats SGD-Nesterov or Adam: in none of the "
+            f"{len(complete)} complete regimes ({', '.join(complete)}) did either recipe beat "
+            f"them, on the final or the best-on-validation test error{still}. On this evidence, "
+            "prefer a tuned SGD-Nesterov or Adam to Entropy-SGD in each of these regimes.")
+  matched = []
+  for n in complete:
+    rows = summaries[n]["rows"]
+    best = min(("sgd", "adam"), key=lambda o: float(np.mean(rows[o]["final"])))
+    ties = [SHORT[v["entropy"]] for v in summaries[n]["verdicts"] if v["baseline"] == best
+            and v["metric"] == "final" and v["verdict"] in ("tie", "win")]
+    if ties:
+      matched.append(f"{n} ({' and '.join(ties)} against {LABELS[best]})")
+  text += (" It matched the better of SGD-Nesterov and Adam (a tie on the final test error) in: "
+           + ("; ".join(matched) if matched else "none") + ".")
+  sam = [n for n in complete if beaten(n, ("sam",))]
+  text += f" It beat SAM in: {', '.join(sam) if sam else 'none'}."
+  return text
+
+
+def findings(db: dict[str, Any], preset: Preset) -> list[str]:
+  """What the map shows: where to try Entropy-SGD, then every regime's verdicts (Markdown lines).
+
+  The report's and the docs' summary.
+  """
+  return [advice(db, preset), "",
+          "Verdicts of each Entropy-SGD recipe against each baseline, on the final / the "
+          f"best-on-validation test error ({preset.seeds} seeds a side; Welch's t-test, p < 0.05):",
+          "", *grid(db, preset)]
+
+
+LSTM_BUDGET = reproduce.PRESETS["paper"]["charlstm"]
+LSTM_OPTIMIZERS = ("adam", "entropy")
+LSTM_COMMAND = ("python -m benchmarks.reproduce --preset paper --tasks charlstm --optimizers {} "
+                "--make-kjv .data/kjv.txt --out benchmarks/results/regimes/charlstm")
+"""The command that runs (or resumes) the paper's winning cell beside the map."""
+
+
+def lstm_cell(runs: Optional[dict[str, Any]]) -> list[str]:
+  """The paper's own winning cell: the char-LSTM's Adam against Entropy-Adam (Markdown lines).
+
+  Args:
+    runs: ``reproduce.json`` of ``<out>/charlstm`` (None: not started).
+  """
+  records = list(reproduce.normalized_runs(runs)["runs"].values()) if runs else []
+  tag = reproduce.budget_tag(LSTM_BUDGET.total, LSTM_BUDGET.train_size, False)
+  by_opt = {o: sorted((r for r in records if r["optimizer"] == o
+                       and reproduce.record_tag(r) == tag), key=lambda r: r["seed"])
+            for o in LSTM_OPTIMIZERS}
+  lines = [f"The paper's own winning cell: the char-LSTM (2 x 128, the King James Bible, "
+           f"windows of {reproduce.SEQ_LEN} characters), Adam against Entropy-Adam at "
+           f"{LSTM_BUDGET.total} effective epochs, {LSTM_BUDGET.seeds} seeds, test bits per "
+           "character; both cells on one machine, at one commit.", ""]
+  status = {o: reproduce.cell_status("charlstm", o, by_opt[o], LSTM_BUDGET) for o in by_opt}
+  rows = []
+  for o, recs in by_opt.items():
+    rows.append([reproduce.label("charlstm", o), status[o][0],
+                 writing.mean_std([r["metric"][-1] for r in recs], 3) if recs else "-",
+                 reports.machines(recs) if recs else "-", reports.codes(recs) if recs else "-"])
+  lines += writing.table(["optimizer", "cell", "test bpc at the last evaluation", "run on",
+                          "code"], rows)
+  if all(done for _, done in status.values()):
+    a, b = by_opt["entropy"], by_opt["adam"]
+    judged = reports.judge(a, [r["metric"][-1] for r in a], b, [r["metric"][-1] for r in b])
+    lines += ["", f"Verdict, Entropy-Adam vs Adam: {judged.text()}."]
+  else:
+    lines += ["", "Verdict: pending. Complete it with "
+              f"`{LSTM_COMMAND.format(','.join(LSTM_OPTIMIZERS))}` (it resumes where it "
+              "stopped)."]
   return lines
+
+
+def lstm_missing(runs: Optional[dict[str, Any]]) -> list[str]:
+  """The char-LSTM cell's missing optimizers, each with the command that completes it."""
+  records = list(reproduce.normalized_runs(runs)["runs"].values()) if runs else []
+  tag = reproduce.budget_tag(LSTM_BUDGET.total, LSTM_BUDGET.train_size, False)
+  missing = []
+  for o in LSTM_OPTIMIZERS:
+    recs = [r for r in records if r["optimizer"] == o and reproduce.record_tag(r) == tag]
+    status, done = reproduce.cell_status("charlstm", o, recs, LSTM_BUDGET)
+    if not done:
+      missing.append(f"- charlstm {reproduce.label('charlstm', o)}: {status}; complete with "
+                     f"`{LSTM_COMMAND.format(o)}`")
+  return missing
 
 
 def cell_sentence(db: dict[str, Any], preset: Preset, regime: str) -> str:
@@ -466,8 +604,16 @@ def headline(db: dict[str, Any], preset: Preset) -> str:
           f"{where('loss', ('sgd', 'adam', 'sam'))}.")
 
 
-def write_report(out: pathlib.Path, db: dict[str, Any], preset: Preset, command: str) -> str:
-  """Rebuilds ``regimes.md`` and ``findings.md`` from ``regimes.json`` alone.
+def load_lstm(out: pathlib.Path) -> Optional[dict[str, Any]]:
+  """The char-LSTM cell's records, ``<out>/charlstm/reproduce.json`` (None: not started)."""
+  path = out / "charlstm" / "reproduce.json"
+  return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_report(out: pathlib.Path, db: dict[str, Any], preset: Preset, command: str,
+                 lstm: Optional[dict[str, Any]] = None) -> str:
+  """Rebuilds ``regimes.md`` and ``findings.md`` from ``regimes.json`` (and the char-LSTM
+  cell's ``lstm`` records) alone.
 
   The completing commands derive from the last training session's command
   (else the last record's, else ``command``), so a rebuild from the records
@@ -479,9 +625,10 @@ def write_report(out: pathlib.Path, db: dict[str, Any], preset: Preset, command:
   rng = lambda opt, k: f"[{SPACES[opt][k][1]:g}, {SPACES[opt][k][2]:g}]"
   lines = ["# The regime map: label noise, training size, batch size", "",
            "Generated by `benchmarks/regimes.py` from `regimes.json`.", "",
-           "**What the map shows.** " + " ".join(findings(db, preset)), ""]
+           "## What the map shows", "", *findings(db, preset), ""]
   if plot_map(out / "regimes.png", db, preset):
-    lines += ["![Test error along each axis of the map](regimes.png)", ""]
+    lines += [FIGURE, ""]
+  lines += ["## The paper's winning cell", "", *lstm_cell(lstm), ""]
   lines += [
            PROTOCOL.format(
                val=preset.val_size, configs=preset.configs, last=preset.configs - 1,
@@ -530,11 +677,21 @@ def write_report(out: pathlib.Path, db: dict[str, Any], preset: Preset, command:
         missing.append(f"- {name} {LABELS[opt]}: search {searched} of "
                        f"{preset.configs * preset.search_seeds}, final {finals} of "
                        f"{preset.seeds}; complete with `{complete_command(command, name, opt)}`")
+  missing += lstm_missing(lstm)
   lines += ["## Missing", ""] + (missing or ["None: every cell is measured."]) + [""]
   text = "\n".join(lines)
   (out / "regimes.md").write_text(text)
-  (out / "findings.md").write_text("".join(f"- {line}\n" for line in findings(db, preset)))
+  (out / "findings.md").write_text(findings_page(db, preset, lstm))
   return text
+
+
+FIGURE = "![Test error along each axis of the map](regimes.png)"
+
+
+def findings_page(db: dict[str, Any], preset: Preset, lstm: Optional[dict[str, Any]]) -> str:
+  """``findings.md``, the map's summary that docs/when.md opens with: where to try
+  Entropy-SGD, the verdicts, the figure and the char-LSTM cell."""
+  return "\n".join([*findings(db, preset), "", FIGURE, "", *lstm_cell(lstm)]) + "\n"
 
 
 def complete_command(command: str, regime: str, optimizer: str) -> str:
@@ -588,7 +745,7 @@ class Map:
 
   def save(self) -> None:
     writing.json_record(self.path, self.db)
-    write_report(self.out, self.db, self.preset, self.command)
+    write_report(self.out, self.db, self.preset, self.command, load_lstm(self.out))
 
   def runner(self, task: reproduce.Task, optimizer: str) -> tune.Runner:
     structure = (("L", inner_steps(optimizer, self.preset)),) if optimizer in ENTROPY else ()

@@ -81,19 +81,79 @@ def test_verdicts_need_every_seed_of_both_sides_from_one_machine_and_commit():
   v = {(x["entropy"], x["baseline"], x["metric"]): x["verdict"] for x in summary["verdicts"]}
   assert v[("lua", "sgd", "final")] == "win" and v[("lua", "adam", "final")] == "tie"
   assert v[("bocconi", "sgd", "best_val")] == "tie"
-  # The summary in words lists every win and loss of a complete regime, from the verdicts.
-  words = " ".join(regimes.findings(db, regimes.PRESETS["cpu"]))
-  assert "Complete regimes: size2k of 6" in words
-  assert "wins: Entropy-SGD (Lua) vs SGD-Nesterov in size2k (final, p" in words
-  assert "Entropy-SGD (Lua) vs SGD-Nesterov in size2k (best-on-validation" not in words
+  # The summary says where to try it (a win over SGD-Nesterov or Adam) and gives every verdict.
+  lines = regimes.findings(db, regimes.PRESETS["cpu"])
+  assert lines[0].startswith("**Where to try Entropy-SGD:** size2k (noise 0%, 2,560 images, "
+                             "batch 128: Lua vs SGD-Nesterov, Bocconi vs SGD-Nesterov), where it "
+                             "beat SGD-Nesterov or "
+                             "Adam (5 of 6 regimes still running: noise40, ")
+  assert "matched the better of SGD-Nesterov and Adam (a tie on the final test error) in: " \
+      "size2k (Lua and Bocconi against Adam). It beat SAM in: none." in lines[0]
+  row = next(line for line in lines if line.startswith("| size2k"))
+  assert row == ("| size2k (noise 0%, 2,560 images, batch 128) | Adam 10.02 | win / tie | "
+                 "tie / tie | tie / tie | win / tie | tie / tie | tie / tie |")
+  assert any(line.startswith("| base (noise 0%, 50,000 images, batch 128) | pending: search 0 of "
+                             "40, final 0 of 15 |") for line in lines)
   assert regimes.headline(db, regimes.PRESETS["cpu"]) == (
       "1 of 6 regimes complete (size2k). Entropy-SGD beat SGD-Nesterov or Adam in: size2k; "
       "it beat SAM in: none; it lost to a baseline in: none.")
   del db["cells"][regimes.final_key("size2k", "aaaa", "adam", 3)]
   summary = regimes.regime_summary(db, "size2k", regimes.PRESETS["cpu"])
   assert {x["verdict"] for x in summary["verdicts"] if x["baseline"] == "adam"} == {"missing"}
-  assert regimes.findings(db, regimes.PRESETS["cpu"]) == [
-      "No regime is complete yet: no verdict."]
+  assert regimes.findings(db, regimes.PRESETS["cpu"])[0] == (
+      "No regime is complete yet: no verdict.")
+
+
+def test_without_a_win_the_findings_say_no_regime_was_found():
+  # Entropy-SGD 10.5 everywhere: SGD-Nesterov and Adam (10.0) beat it, SAM (11.0) loses to it.
+  values = {"sgd": 10.0, "adam": 10.0, "sam": 11.0, "lua": 10.5, "bocconi": 10.5}
+  db = {"cells": dict(_final(r, "aaaa", o, s, values[o] + 0.01 * s, values[o] + 0.01 * s)
+                      for r in regimes.ORDER for o in regimes.OPTIMIZERS for s in (1, 2, 3))}
+  advice = regimes.advice(db, regimes.PRESETS["cpu"])
+  assert advice.startswith("**No regime found** where Entropy-SGD beats SGD-Nesterov or Adam: "
+                           "in none of the 6 complete regimes (size2k, noise40, base, noise20, "
+                           "size10k, batch2048) did either recipe beat them, on the final or the "
+                           "best-on-validation test error. ")
+  assert "still running" not in advice
+  assert advice.endswith("(a tie on the final test error) in: none. It beat SAM in: size2k, "
+                         "noise40, base, noise20, size10k, batch2048.")
+
+
+def _lstm_runs(commits, metrics, epochs=25):
+  runs = {}
+  for opt in regimes.LSTM_OPTIMIZERS:
+    for seed in range(3):
+      prov = {"commit": commits[opt], "dirty": False, "jax": "1", "jaxlib": "1",
+              "backend": "cpu", "device_kind": "cpu", "device_count": 1, "cpu": "X",
+              "cores": 2}
+      runs[f"{opt}{seed}"] = {
+          "task": "charlstm", "optimizer": opt, "seed": seed, "eff_epochs": list(
+              range(1, epochs + 1)), "metric": [2.0] * (epochs - 1) + [metrics[opt] + 0.01 * seed],
+          "complete": epochs == 25, "budget": {"eff_epochs": 25, "train_size": 0,
+                                               "quick": False}, "provenance": prov}
+  return {"runs": runs, "sessions": []}
+
+
+def test_the_char_lstm_cell_is_judged_only_when_both_sides_are_complete_at_one_commit():
+  pending = "\n".join(regimes.lstm_cell(None))
+  assert "| Adam | missing |" in pending and "| Entropy-Adam | missing |" in pending
+  assert ("Verdict: pending. Complete it with `python -m benchmarks.reproduce --preset paper "
+          "--tasks charlstm --optimizers adam,entropy --make-kjv .data/kjv.txt --out "
+          "benchmarks/results/regimes/charlstm`") in pending
+  assert regimes.lstm_missing(None)[1] == (
+      "- charlstm Entropy-Adam: missing; complete with `python -m benchmarks.reproduce --preset "
+      "paper --tasks charlstm --optimizers entropy --make-kjv .data/kjv.txt --out "
+      "benchmarks/results/regimes/charlstm`")
+  partial = _lstm_runs({"adam": "c", "entropy": "c"}, {"adam": 1.6, "entropy": 1.5}, epochs=12)
+  assert "| Adam | partial: 12 of 25 effective epochs |" in "\n".join(regimes.lstm_cell(partial))
+  done = "\n".join(regimes.lstm_cell(_lstm_runs({"adam": "c", "entropy": "c"},
+                                                  {"adam": 1.6, "entropy": 1.5})))
+  assert "Verdict, Entropy-Adam vs Adam: **win** (-0.100, p = 0.000)." in done
+  assert regimes.lstm_missing(_lstm_runs({"adam": "c", "entropy": "c"},
+                                         {"adam": 1.6, "entropy": 1.5})) == []
+  apart = "\n".join(regimes.lstm_cell(_lstm_runs({"adam": "c", "entropy": "d"},
+                                                   {"adam": 1.6, "entropy": 1.5})))
+  assert "Verdict, Entropy-Adam vs Adam: n/a (different commits (d, c))." in apart
 
 
 @pytest.mark.slow
@@ -118,7 +178,8 @@ def test_quick_map_records_regime_provenance_and_both_test_errors_then_resumes(t
     assert c["config_index"] == regimes.chosen(db, "size2k", c["optimizer"], QUICK)
   report = (out / "regimes.md").read_text()
   assert "**Protocol.**" in report and "best-on-validation" in report
-  assert "Entropy-SGD (Bocconi) vs SAM" in report and "Complete regimes: size2k of 6" in report
+  assert "Entropy-SGD (Bocconi) vs SAM" in report
+  assert "| size2k (noise 0%, 160 images, batch 16) | " in report
   assert "![Test error along each axis of the map](regimes.png)" in report
   assert (out / "regimes.png").stat().st_size > 10_000
   before = json.loads((out / "regimes.json").read_text())["cells"]
@@ -132,7 +193,9 @@ def test_the_readme_and_the_findings_page_say_what_the_committed_map_shows():
   lines = regimes.findings(db, regimes.PRESETS["cpu"])
   readme = " ".join((regimes.HERE.parent / "README.md").read_text().split())
   assert "So far: " + regimes.headline(db, regimes.PRESETS["cpu"]) in readme
-  assert (results / "findings.md").read_text() == "".join(f"- {line}\n" for line in lines)
+  assert (results / "findings.md").read_text() == regimes.findings_page(
+      db, regimes.PRESETS["cpu"], regimes.load_lstm(results))
+  assert lines[0] in (results / "findings.md").read_text()
 
 
 def test_the_tuning_page_says_what_the_base_regime_shows():
@@ -146,6 +209,7 @@ def test_the_tuning_page_says_what_the_base_regime_shows():
 def test_the_committed_report_is_its_rebuild_from_the_committed_records(tmp_path):
   results = regimes.HERE / "results" / "regimes"
   db = json.loads((results / "regimes.json").read_text())
-  regimes.write_report(tmp_path, db, regimes.PRESETS["cpu"], "python -m benchmarks.regimes")
+  regimes.write_report(tmp_path, db, regimes.PRESETS["cpu"], "python -m benchmarks.regimes",
+                       regimes.load_lstm(results))
   for name in ("regimes.md", "findings.md"):
     assert (tmp_path / name).read_text() == (results / name).read_text(), name
