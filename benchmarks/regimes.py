@@ -48,8 +48,8 @@ from benchmarks import provenance
 from benchmarks import reports
 from benchmarks import reproduce
 from benchmarks import stats
-from benchmarks import writing
 from benchmarks import tune
+from benchmarks import writing
 from entropy_optax import recipes
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -242,7 +242,8 @@ def regime_sizes(name: str, preset: Preset) -> tuple[int, int]:
 
 
 def regime_data(dataset: data_lib.Dataset, name: str, preset: Preset) -> dict[str, Any]:
-  """The regime's sets: ``train`` (noisy labels), ``search`` (its first images), ``val``, ``test``."""
+  """The regime's sets: ``train`` (noisy labels), ``search`` (its first images), ``val``,
+  ``test``."""
   n = len(dataset.y_train)
   pool = n - preset.val_size
   size, batch = regime_sizes(name, preset)
@@ -516,17 +517,21 @@ LSTM_COMMAND = ("python -m benchmarks.reproduce --preset paper --tasks charlstm 
 """The command that runs (or resumes) the paper's winning cell beside the map."""
 
 
+def lstm_records(runs: Optional[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+  """The char-LSTM cell's records at its budget, by optimizer, by seed."""
+  records = list(reproduce.normalized_runs(runs)["runs"].values()) if runs else []
+  tag = reproduce.budget_tag(LSTM_BUDGET.total, LSTM_BUDGET.train_size, False)
+  return {o: sorted((r for r in records if r["optimizer"] == o and reproduce.record_tag(r) == tag),
+                    key=lambda r: r["seed"]) for o in LSTM_OPTIMIZERS}
+
+
 def lstm_cell(runs: Optional[dict[str, Any]]) -> list[str]:
   """The paper's own winning cell: the char-LSTM's Adam against Entropy-Adam (Markdown lines).
 
   Args:
     runs: ``reproduce.json`` of ``<out>/charlstm`` (None: not started).
   """
-  records = list(reproduce.normalized_runs(runs)["runs"].values()) if runs else []
-  tag = reproduce.budget_tag(LSTM_BUDGET.total, LSTM_BUDGET.train_size, False)
-  by_opt = {o: sorted((r for r in records if r["optimizer"] == o
-                       and reproduce.record_tag(r) == tag), key=lambda r: r["seed"])
-            for o in LSTM_OPTIMIZERS}
+  by_opt = lstm_records(runs)
   lines = [f"The paper's own winning cell: the char-LSTM (2 x 128, the King James Bible, "
            f"windows of {reproduce.SEQ_LEN} characters), Adam against Entropy-Adam at "
            f"{LSTM_BUDGET.total} effective epochs, {LSTM_BUDGET.seeds} seeds, test bits per "
@@ -552,11 +557,8 @@ def lstm_cell(runs: Optional[dict[str, Any]]) -> list[str]:
 
 def lstm_missing(runs: Optional[dict[str, Any]]) -> list[str]:
   """The char-LSTM cell's missing optimizers, each with the command that completes it."""
-  records = list(reproduce.normalized_runs(runs)["runs"].values()) if runs else []
-  tag = reproduce.budget_tag(LSTM_BUDGET.total, LSTM_BUDGET.train_size, False)
   missing = []
-  for o in LSTM_OPTIMIZERS:
-    recs = [r for r in records if r["optimizer"] == o and reproduce.record_tag(r) == tag]
+  for o, recs in lstm_records(runs).items():
     status, done = reproduce.cell_status("charlstm", o, recs, LSTM_BUDGET)
     if not done:
       missing.append(f"- charlstm {reproduce.label('charlstm', o)}: {status}; complete with "
