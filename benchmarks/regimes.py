@@ -24,6 +24,7 @@ report ``<out>/regimes.md`` rebuilt; the same command resumes::
     python -m benchmarks.regimes --quick --out /tmp/r          # smoke test, a minute
     python -m benchmarks.regimes --time-limit 9000              # the map, resumable
     python -m benchmarks.regimes --regimes noise40 --phase search
+    python -m benchmarks.regimes --report-only --readme README.md   # and the README's line
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import json
 import math
 import pathlib
 import sys
+import textwrap
 import time
 from typing import Any, Optional, Sequence
 
@@ -550,8 +552,8 @@ def lstm_cell(runs: Optional[dict[str, Any]]) -> list[str]:
     lines += ["", f"Verdict, Entropy-Adam vs Adam: {judged.text()}."]
   else:
     lines += ["", "Verdict: pending. Complete it with "
-              f"`{LSTM_COMMAND.format(','.join(LSTM_OPTIMIZERS))}` (it resumes where it "
-              "stopped)."]
+              f"`{LSTM_COMMAND.format(','.join(LSTM_OPTIMIZERS))}` (`--make-kjv` writes the "
+              "text with Debian's `bible-kjv`; the command resumes where it stopped)."]
   return lines
 
 
@@ -696,9 +698,33 @@ def findings_page(db: dict[str, Any], preset: Preset, lstm: Optional[dict[str, A
   return "\n".join([*findings(db, preset), "", FIGURE, "", *lstm_cell(lstm)]) + "\n"
 
 
+def readme_with_headline(text: str, line: str) -> str:
+  """``text`` (the README) with its expectation paragraph's "So far: " sentence set to ``line``.
+
+  The paragraph (from "**What to expect.**" to the next blank line) is
+  rewrapped at 100 columns.
+
+  Examples:
+    >>> print(readme_with_headline("# R\\n\\n**What to expect.** A map. So far: old.\\n\\nEnd.",
+    ...                            "1 of 6 regimes complete."))
+    # R
+    <BLANKLINE>
+    **What to expect.** A map. So far: 1 of 6 regimes complete.
+    <BLANKLINE>
+    End.
+  """
+  start = text.index("**What to expect.**")
+  end = text.index("\n\n", start)
+  paragraph = " ".join(text[start:end].split())
+  paragraph = paragraph[:paragraph.index("So far: ") + len("So far: ")] + line
+  return (text[:start] + textwrap.fill(paragraph, width=100, break_on_hyphens=False)
+          + text[end:])
+
+
 def complete_command(command: str, regime: str, optimizer: str) -> str:
   argv = provenance.without(provenance.arguments(command),
-                            ("--regimes", "--optimizers", "--time-limit", "--report-only"),
+                            ("--regimes", "--optimizers", "--time-limit", "--report-only",
+                             "--readme"),
                             switches=("--report-only",))
   return provenance.command("benchmarks.regimes",
                             [*argv, "--regimes", regime, "--optimizers", optimizer])
@@ -719,6 +745,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                       help="seconds; then no new run starts")
   parser.add_argument("--out", default=str(HERE / "results"))
   parser.add_argument("--report-only", action="store_true")
+  parser.add_argument("--readme", default=None, metavar="PATH",
+                      help="also set the README's 'So far: ' sentence to the map's headline")
   args = parser.parse_args(argv)
   args.regimes = [r for r in args.regimes.split(",") if r]
   args.optimizers = [o for o in args.optimizers.split(",") if o]
@@ -866,6 +894,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                                    "wall_seconds": round(time.time() - start, 1),
                                    "provenance": provenance.provenance(command)})
   the_map.save()
+  if args.readme:
+    readme = pathlib.Path(args.readme)
+    readme.write_text(readme_with_headline(readme.read_text(), headline(the_map.db,
+                                                                        the_map.preset)))
   return the_map.db
 
 
