@@ -19,6 +19,14 @@ outer Nesterov 0.9):
   that ends the outer step included, one in L), against one optax SGD step;
   without the callback XLA drops the reductions too.
 
+Three more fused candidates say where the callbacks' cost lies: "fused, no
+checks" (the at-anchor reductions gone too: the step as it was before the
+checks), "fused, one callback" (the mid-loop check's callback gone, the
+at-anchor one kept), and "sgd, with a callback" (optax SGD's scan with the
+at-anchor check's pattern in front of it: max-reductions over the params and a
+host callback in a ``lax.cond`` on them), the control: if the callback's cost
+were a cost of any program that holds one, SGD would pay it too.
+
 It prints and writes (``--out``: ``check_cost.json`` and ``check_cost.md``, with
 provenance) the median over repetitions of each candidate's time per call and
 per gradient over SGD's in the same repetition.
@@ -45,6 +53,7 @@ from benchmarks import nets
 from benchmarks import provenance
 from benchmarks import timing
 import entropy_optax
+from entropy_optax._src import validation
 from entropy_optax._src.validation import run_time
 from entropy_optax._src.validation import update_args
 
@@ -62,18 +71,60 @@ def no_callbacks() -> Iterator[None]:
     run_time.refuse_unless, update_args.refuse_unless = saved
 
 
-def compile_step(run: Callable[..., Any], *args: Any, checks: bool = True) -> Any:
-  """``run(*args)`` compiled, with the run-time checks' callbacks or without them."""
+@contextlib.contextmanager
+def no_checks() -> Iterator[None]:
+  """While tracing: no run-time checks at all, their reductions included."""
+  saved = validation.check_at_anchor, validation.check_not_mid_loop
+  validation.check_at_anchor = lambda params, anchor, when=True: jnp.asarray(True)
+  validation.check_not_mid_loop = lambda inner_count, inner_steps: None
+  try:
+    with no_callbacks():
+      yield
+  finally:
+    validation.check_at_anchor, validation.check_not_mid_loop = saved
+
+
+@contextlib.contextmanager
+def one_callback() -> Iterator[None]:
+  """While tracing: the at-anchor check alone (the mid-loop check and its callback gone)."""
+  saved = validation.check_not_mid_loop
+  validation.check_not_mid_loop = lambda inner_count, inner_steps: None
+  try:
+    yield
+  finally:
+    validation.check_not_mid_loop = saved
+
+
+VARIANTS: dict[str, Callable[[], contextlib.AbstractContextManager[None]]] = {
+    "checks": contextlib.nullcontext, "no callbacks": no_callbacks, "no checks": no_checks,
+    "one callback": one_callback}
+"""How a candidate's run-time checks are traced: as shipped, or partly patched out."""
+
+
+def compile_step(run: Callable[..., Any], *args: Any, checks: bool | str = True) -> Any:
+  """``run(*args)`` compiled, with the run-time checks' callbacks or without them (``checks``:
+  True, False, or a name in ``VARIANTS``)."""
+  variant = VARIANTS[checks if isinstance(checks, str) else "checks" if checks else "no callbacks"]
   # A function of its own: jit reuses the trace of a function it has traced.
   fresh = lambda *inputs: run(*inputs)
-  with contextlib.nullcontext() if checks else no_callbacks():
+  with variant():
     return jax.jit(fresh).lower(*args).compile()
 
 
-def compiled(run: Callable[..., Any], *args: Any, checks: bool = True) -> Callable[[], Any]:
+def compiled(run: Callable[..., Any], *args: Any, checks: bool | str = True) -> Callable[[], Any]:
   """``run(*args)`` compiled once (:func:`compile_step`): a call of no arguments."""
   fn = compile_step(run, *args, checks=checks)
   return lambda: fn(*args)
+
+
+def with_callback(run: Callable[..., Any]) -> Callable[..., Any]:
+  """``run(params, state, batches)`` after the at-anchor check's pattern on ``params``:
+  max-reductions over every leaf and a host callback in a ``lax.cond`` on them."""
+  def checked(params, state, batches):
+    bounded = [jnp.max(jnp.abs(x), initial=0) < 1e30 for x in jax.tree.leaves(params)]
+    run_time.refuse_unless(jnp.all(jnp.stack(bounded)), lambda: "unbounded params")
+    return run(params, state, batches)
+  return checked
 
 
 def interleaved_candidates(loss: Callable[..., jax.Array], inner_steps: int,
@@ -112,6 +163,10 @@ def fused_candidates(loss: Callable[..., jax.Array], inner_steps: int,
       "sgd": compiled(sgd_run, params, sgd_tx.init(params), batches),
       "fused": compiled(run, params, state, batches),
       "fused, no callbacks": compiled(run, params, state, batches, checks=False),
+      "fused, no checks": compiled(run, params, state, batches, checks="no checks"),
+      "fused, one callback": compiled(run, params, state, batches, checks="one callback"),
+      "sgd, with a callback": compiled(with_callback(sgd_run), params, sgd_tx.init(params),
+                                       batches),
   }
 
 
@@ -122,7 +177,8 @@ def summarise(times: dict[str, list[float]], calls_per_round: dict[str, int],
   for name, ts in times.items():
     per_call = [t / calls_per_round[name] for t in ts]
     sgd = [t / calls_per_round["sgd"] for t in times["sgd"]]
-    ratio = statistics.median(a / (s * grads_per_call[name]) for a, s in zip(per_call, sgd, strict=True))
+    ratio = statistics.median(a / (s * grads_per_call[name])
+                              for a, s in zip(per_call, sgd, strict=True))
     out[name] = {"ms_per_call": 1e3 * statistics.median(per_call), "per_gradient_vs_sgd": ratio}
   return out
 
@@ -139,8 +195,7 @@ def measure(inner_steps: int, repeats: int) -> dict[str, Any]:
   inter_times = timing.alternate(inter, repeats)
   return {
       "inner_steps": inner_steps, "repeats": repeats,
-      "fused": summarise(fused_times, dict.fromkeys(fused, 1),
-                         {"sgd": 1, "fused": 1, "fused, no callbacks": 1}),
+      "fused": summarise(fused_times, dict.fromkeys(fused, 1), dict.fromkeys(fused, 1)),
       "interleaved": summarise(inter_times, {"sgd": 1, "interleaved": inner_steps,
                                              "interleaved, no callbacks": inner_steps},
                                dict.fromkeys(inter, 1)),

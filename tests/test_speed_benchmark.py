@@ -122,15 +122,27 @@ def test_check_cost_times_each_step_with_and_without_the_callbacks(tmp_path):
   batches = {"x": jnp.ones((3, 4, 12)), "y": jnp.zeros((3, 4), jnp.int32)}
   tx, run = timing.entropy_candidate(loss, 3)
   targets = {}
-  for checks in (True, False, True):  # compiled again: no trace reused across the two
+  reductions = {}
+  for checks in (True, False, True, "no checks", "one callback"):  # no trace reused across them
     text = check_cost.compile_step(run, params, tx.init(params), batches, checks=checks).as_text()
-    targets[checks] = set(re.findall(r'custom_call_target="([^"]*callback[^"]*)"', text))
-  # Only the shipped step holds the host callback that raises a refusal.
-  assert targets[True] and not targets[False]
+    targets[checks] = re.findall(r'custom_call_target="([^"]*callback[^"]*)"', text)
+    reductions[checks] = len(re.findall(r" reduce\(", text))
+  # Only the shipped step holds the host callbacks that raise a refusal (two: the at-anchor
+  # check's and the mid-loop check's), one with the mid-loop check patched out, none without
+  # the callbacks; without any check the at-anchor reductions go too.
+  assert len(targets[True]) == 2 and len(targets["one callback"]) == 1
+  assert not targets[False] and not targets["no checks"]
+  assert reductions["no checks"] < reductions[False]
+  # The control: optax SGD's scan behind the same pattern holds one callback.
+  sgd_tx, sgd_run = timing.sgd_candidate(loss, 3)
+  text = check_cost.compile_step(check_cost.with_callback(sgd_run), params,
+                                 sgd_tx.init(params), batches).as_text()
+  assert len(re.findall(r'custom_call_target="([^"]*callback[^"]*)"', text)) == 1
   check_cost.main(["--inner-steps", "2", "--repeats", "1", "--out", str(tmp_path)])
   record = json.loads((tmp_path / "check_cost.json").read_text())
   [result] = record["results"]
-  assert set(result["fused"]) == {"sgd", "fused", "fused, no callbacks"}
+  assert set(result["fused"]) == {"sgd", "fused", "fused, no callbacks", "fused, no checks",
+                                  "fused, one callback", "sgd, with a callback"}
   assert set(result["interleaved"]) == {"sgd", "interleaved", "interleaved, no callbacks"}
   assert result["fused"]["sgd"]["per_gradient_vs_sgd"] == 1.0
   assert all(row["ms_per_call"] > 0 for mode in ("fused", "interleaved")
