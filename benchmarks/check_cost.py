@@ -33,7 +33,10 @@ per gradient over SGD's in the same repetition.
 
 Usage::
 
-  python -m benchmarks.check_cost --inner-steps 5 20 --repeats 30
+  python -m benchmarks.check_cost --inner-steps 5 20 --repeats 30 [--append]
+
+The callbacks' cost changes from process to process on the project's VM, so
+the committed file holds several runs (``--append``).
 """
 
 from __future__ import annotations
@@ -202,25 +205,47 @@ def measure(inner_steps: int, repeats: int) -> dict[str, Any]:
   }
 
 
-def markdown(record: dict[str, Any]) -> str:
-  p = record["provenance"]
+def load_runs(path: pathlib.Path) -> list[dict[str, Any]]:
+  """The runs recorded in ``path`` (a file of one run, as this script wrote before, counts as
+  one); none if it does not exist."""
+  if not path.exists():
+    return []
+  data = json.loads(path.read_text())
+  return data["runs"] if "runs" in data else [data]
+
+
+def ratios(runs: list[dict[str, Any]], inner_steps: int, mode: str, name: str) -> list[float]:
+  """A candidate's per-gradient ratio to SGD in every run that measured it at ``inner_steps``."""
+  return [result[mode][name]["per_gradient_vs_sgd"] for run in runs
+          for result in run["results"]
+          if result["inner_steps"] == inner_steps and name in result[mode]]
+
+
+def markdown(runs: list[dict[str, Any]]) -> str:
   lines = [
       "# What the run-time checks cost",
       "",
-      f"Command: `{p['command']}`. Machine: {p['cpu']}, {p['cores']} cores; jax {p['jax']}; "
-      f"commit {p['commit'][:7]}{' (dirty)' if p['dirty'] else ''}; {p['started']}.",
-      "",
       "Per call: the median over repetitions, in ms. Per gradient: the median over repetitions "
-      "of the candidate's time per gradient over optax SGD-Nesterov's in the same repetition.",
-      "",
-      "| L | mode | candidate | ms per call | per gradient / SGD |",
-      "|---|---|---|---|---|",
+      "of the candidate's time per gradient over optax SGD-Nesterov's in the same repetition. "
+      "Each run is one process; the candidates alternate within it.",
   ]
-  for result in record["results"]:
-    for mode in ("fused", "interleaved"):
-      for name, row in result[mode].items():
-        lines.append(f"| {result['inner_steps']} | {mode} | {name} | {row['ms_per_call']:.2f} | "
-                     f"{row['per_gradient_vs_sgd']:.3f} |")
+  for index, record in enumerate(runs, 1):
+    p = record["provenance"]
+    lines += [
+        "",
+        f"## Run {index}",
+        "",
+        f"Command: `{p['command']}`. Machine: {p['cpu']}, {p['cores']} cores; jax {p['jax']}; "
+        f"commit {p['commit'][:7]}{' (dirty)' if p['dirty'] else ''}; {p['started']}.",
+        "",
+        "| L | mode | candidate | ms per call | per gradient / SGD |",
+        "|---|---|---|---|---|",
+    ]
+    for result in record["results"]:
+      for mode in ("fused", "interleaved"):
+        for name, row in result[mode].items():
+          lines.append(f"| {result['inner_steps']} | {mode} | {name} | "
+                       f"{row['ms_per_call']:.2f} | {row['per_gradient_vs_sgd']:.3f} |")
   return "\n".join(lines) + "\n"
 
 
@@ -229,6 +254,9 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--inner-steps", nargs="+", type=int, default=[5, 20])
   parser.add_argument("--repeats", type=int, default=30)
   parser.add_argument("--out", default=str(OUT))
+  parser.add_argument("--append", action="store_true",
+                      help="add this run to the runs in OUT/check_cost.json instead of "
+                      "replacing them")
   args = parser.parse_args(argv)
   command = provenance.command("benchmarks.check_cost", argv)
   record: dict[str, Any] = {"provenance": provenance.provenance(command), "results": []}
@@ -241,8 +269,9 @@ def main(argv: list[str] | None = None) -> None:
               f"   {row['per_gradient_vs_sgd']:.3f}x SGD per gradient")
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  (out / "check_cost.json").write_text(json.dumps(record, indent=1) + "\n")
-  (out / "check_cost.md").write_text(markdown(record))
+  runs = (load_runs(out / "check_cost.json") if args.append else []) + [record]
+  (out / "check_cost.json").write_text(json.dumps({"runs": runs}, indent=1) + "\n")
+  (out / "check_cost.md").write_text(markdown(runs))
 
 
 if __name__ == "__main__":

@@ -108,7 +108,8 @@ def test_conv_in_loop_reports_every_program(tmp_path):
   assert len(unrolled) == 2 and all(row.split("|")[4].strip().startswith("0 of") for row in unrolled)
 
 
-def test_check_cost_times_each_step_with_and_without_the_callbacks(tmp_path):
+def test_check_cost_times_each_step_with_and_without_the_callbacks(
+    tmp_path, monkeypatch):
   import json
   import re
 
@@ -139,8 +140,15 @@ def test_check_cost_times_each_step_with_and_without_the_callbacks(tmp_path):
                                  sgd_tx.init(params), batches).as_text()
   assert len(re.findall(r'custom_call_target="([^"]*callback[^"]*)"', text)) == 1
   check_cost.main(["--inner-steps", "2", "--repeats", "1", "--out", str(tmp_path)])
-  record = json.loads((tmp_path / "check_cost.json").read_text())
+  [record] = json.loads((tmp_path / "check_cost.json").read_text())["runs"]
   [result] = record["results"]
+  # --append keeps the runs before it (a file of one run, the old format, counts as one).
+  (tmp_path / "check_cost.json").write_text(json.dumps(record))
+  monkeypatch.setattr(check_cost, "measure", lambda inner_steps, repeats: result)
+  check_cost.main(["--inner-steps", "2", "--repeats", "1", "--out", str(tmp_path), "--append"])
+  runs = check_cost.load_runs(tmp_path / "check_cost.json")
+  assert len(runs) == 2 and runs[0] == record and runs[1]["results"] == [result]
+  assert "## Run 2" in (tmp_path / "check_cost.md").read_text()
   assert set(result["fused"]) == {"sgd", "fused", "fused, no callbacks", "fused, no checks",
                                   "fused, one callback", "sgd, with a callback"}
   assert set(result["interleaved"]) == {"sgd", "interleaved", "interleaved, no callbacks"}
