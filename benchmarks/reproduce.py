@@ -1118,9 +1118,11 @@ def completing_command(argv: Sequence[str], out: str, preset: str, task: str, op
 
 
 def make_kjv(path: pathlib.Path) -> None:
-  """Writes the King James Bible's text, verse labels stripped (needs ``bible-kjv``)."""
+  """Writes the King James Bible's text, verse labels stripped (needs ``bible-kjv``), creating
+  the folders ``path`` needs."""
   raw = subprocess.run(["bible", "-l200", "Gen1:1-Rev22:21"], check=True, capture_output=True,
                        text=True).stdout
+  path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(data_lib.strip_verse_labels(raw), encoding="utf-8")
 
 

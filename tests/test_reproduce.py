@@ -355,3 +355,15 @@ def test_time_limit_starts_no_new_cell_and_still_writes_the_report(tmp_path):
   result = reproduce.main(["--quick", "--tasks", "mnistfc", "--time-limit", "0",
                            "--out", str(tmp_path)])
   assert result["runs"] == {} and (tmp_path / "reproduce.md").exists()
+
+
+def test_make_kjv_creates_the_folders_of_its_path(tmp_path, monkeypatch):
+  # The completing command of the char-LSTM cell writes .data/kjv.txt in a fresh clone.
+  class Done:
+    stdout = "Gen1:1: In the beginning God created the heaven and the earth.\n"
+
+  monkeypatch.setattr(reproduce.subprocess, "run", lambda *args, **kwargs: Done())
+  path = tmp_path / ".data" / "kjv.txt"
+  reproduce.make_kjv(path)
+  assert path.read_text(encoding="utf-8") == data_lib.strip_verse_labels(Done.stdout)
+  assert "beginning" in path.read_text(encoding="utf-8")
