@@ -152,14 +152,44 @@ def describe(info: dict[str, Any]) -> str:
   return text + (f"; entropy_optax {info['entropy_optax']}" if info.get("entropy_optax") else "")
 
 
+def portable(argument: str) -> str:
+  """``argument`` as a clone can use it: an absolute path into a checkout's
+  ``benchmarks/results/`` becomes relative to the repository root.
+
+  Examples:
+    >>> portable("/home/me/entropy_optax/benchmarks/results/regimes"), portable("/tmp/r")
+    ('benchmarks/results/regimes', '/tmp/r')
+  """
+  marker = "/benchmarks/results/"
+  if argument.startswith("/") and marker in argument:
+    return argument[argument.index(marker) + 1:]
+  return argument
+
+
 def command(module: str, argv: Optional[Sequence[str]] = None) -> str:
-  """The command line that runs ``module`` with ``argv`` (this process's arguments by default).
+  """The command line that runs ``module`` with ``argv`` (this process's arguments by default),
+  its arguments :func:`portable`.
 
   Examples:
     >>> command("benchmarks.speed", ["--models", "lm", "--out", "/tmp/a b"])
     "python -m benchmarks.speed --models lm --out '/tmp/a b'"
+    >>> command("benchmarks.regimes", ["--out", "/srv/clone/benchmarks/results/regimes"])
+    'python -m benchmarks.regimes --out benchmarks/results/regimes'
   """
-  return shlex.join(["python", "-m", module, *(sys.argv[1:] if argv is None else argv)])
+  argv = sys.argv[1:] if argv is None else argv
+  return shlex.join(["python", "-m", module, *map(portable, argv)])
+
+
+def portable_command(command_line: str) -> str:
+  """A recorded command line with its arguments :func:`portable` (records written before
+  :func:`command` made them so).
+
+  Examples:
+    >>> portable_command("python -m benchmarks.regimes --out /w/benchmarks/results/regimes")
+    'python -m benchmarks.regimes --out benchmarks/results/regimes'
+  """
+  words = shlex.split(command_line)
+  return shlex.join([*words[:3], *map(portable, words[3:])]) if len(words) > 3 else command_line
 
 
 def arguments(command_line: str) -> list[str]:

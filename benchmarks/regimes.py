@@ -770,6 +770,11 @@ class Map:
     self.db = json.loads(self.path.read_text()) if self.path.exists() else {}
     self.db.setdefault("cells", {})
     self.db.setdefault("sessions", [])
+    # Records written before provenance.command made paths portable name this machine's.
+    for record in [*self.db["cells"].values(), *self.db["sessions"]]:
+      for holder in (record, record.get("provenance", {})):
+        if "command" in holder:
+          holder["command"] = provenance.portable_command(holder["command"])
     self.runners: dict[tuple[Any, ...], tune.Runner] = {}
     self.runs = 0
 

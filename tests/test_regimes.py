@@ -228,3 +228,8 @@ def test_what_to_try_first_holds_for_the_map_too():
       assert best not in regimes.ENTROPY, (
           f"{name}: {regimes.LABELS[best]} has the lowest mean {metric} test error; "
           "docs/when.md says no Entropy-SGD recipe does")
+
+
+def test_the_committed_records_name_no_path_of_the_machine_that_ran_them():
+  text = (regimes.HERE / "results" / "regimes" / "regimes.json").read_text()
+  assert "/benchmarks/results/" not in text  # an absolute path into a checkout's results
