@@ -442,10 +442,11 @@ def grid(db: dict[str, Any], preset: Preset) -> list[str]:
   header = ["regime", "lowest mean final test error %"] + [
       f"{SHORT[e]} vs {LABELS[b]}" for e in ENTROPY for b in BASELINES]
   rows = []
+  complete = complete_regimes(db, preset)
   for name in ORDER:
     summary = regime_summary(db, name, preset)
     head = f"{name} ({describe(name, preset)})"
-    if name not in complete_regimes(db, preset):
+    if name not in complete:
       rows.append([head, f"pending: {progress(db, name, preset)}"] + [""] * (len(header) - 2))
       continue
     means = {o: float(np.mean(r["final"])) for o, r in summary["rows"].items()}
@@ -589,8 +590,7 @@ def headline(db: dict[str, Any], preset: Preset) -> str:
   A regime counts as a win against a baseline when either recipe beats it on
   the final or the best-on-validation test error.
   """
-  complete = [n for n in ORDER if not any(
-      v["verdict"] == "missing" for v in regime_summary(db, n, preset)["verdicts"])]
+  complete = complete_regimes(db, preset)
   if not complete:
     return "No regime is complete yet: no verdict."
 
