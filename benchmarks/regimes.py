@@ -601,9 +601,12 @@ def headline(db: dict[str, Any], preset: Preset) -> str:
     return ", ".join(names) if names else "none"
 
   strong = where("win", ("sgd", "adam"))
-  return (f"{len(complete)} of {len(ORDER)} regimes complete ({', '.join(complete)}). "
+  every = len(complete) == len(ORDER)
+  found = " (no such regime found)" if every else " (no such regime found so far)"
+  count = f"all {len(ORDER)}" if every else f"{len(complete)} of {len(ORDER)}"
+  return (f"{count} regimes complete ({', '.join(complete)}). "
           f"Entropy-SGD beat SGD-Nesterov or Adam in: {strong}"
-          f"{' (no such regime found so far)' if strong == 'none' else ''}; it beat SAM in: "
+          f"{found if strong == 'none' else ''}; it beat SAM in: "
           f"{where('win', ('sam',))}; it lost to a baseline in: "
           f"{where('loss', ('sgd', 'adam', 'sam'))}.")
 

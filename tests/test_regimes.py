@@ -117,6 +117,11 @@ def test_without_a_win_the_findings_say_no_regime_was_found():
   assert "still running" not in advice
   assert advice.endswith("(a tie on the final test error) in: none. It beat SAM in: size2k, "
                          "noise40, base, noise20, size10k, batch2048.")
+  assert regimes.headline(db, regimes.PRESETS["cpu"]) == (
+      "all 6 regimes complete (size2k, noise40, base, noise20, size10k, batch2048). "
+      "Entropy-SGD beat SGD-Nesterov or Adam in: none (no such regime found); it beat SAM in: "
+      "size2k, noise40, base, noise20, size10k, batch2048; it lost to a baseline in: size2k, "
+      "noise40, base, noise20, size10k, batch2048.")
 
 
 def _lstm_runs(commits, metrics, epochs=25):
