@@ -528,6 +528,30 @@ def lstm_records(runs: Optional[dict[str, Any]]) -> dict[str, list[dict[str, Any
                     key=lambda r: r["seed"]) for o in LSTM_OPTIMIZERS}
 
 
+def lstm_verdict(by_opt: dict[str, list[dict[str, Any]]]) -> Optional[reports.Judgement]:
+  """Entropy-Adam against Adam on the last test bpc; None until both cells are complete."""
+  if not all(reproduce.cell_status("charlstm", o, recs, LSTM_BUDGET)[1]
+             for o, recs in by_opt.items()):
+    return None
+  a, b = by_opt["entropy"], by_opt["adam"]
+  return reports.judge(a, [r["metric"][-1] for r in a], b, [r["metric"][-1] for r in b])
+
+
+def lstm_headline(runs: Optional[dict[str, Any]]) -> str:
+  """The char-LSTM cell in one sentence: its verdict, or what each side has run so far."""
+  by_opt = lstm_records(runs)
+  judged = lstm_verdict(by_opt)
+  if judged is not None:
+    said = f"Entropy-Adam against Adam: {judged.text()}"
+  else:
+    said = "pending (" + "; ".join(
+        f"{reproduce.label('charlstm', o)}: "
+        f"{reproduce.cell_status('charlstm', o, recs, LSTM_BUDGET)[0]}"
+        for o, recs in by_opt.items()) + ")"
+  return (f"The paper's own winning cell, the char-LSTM on the KJV text at "
+          f"{LSTM_BUDGET.total} effective epochs: {said}.")
+
+
 def lstm_cell(runs: Optional[dict[str, Any]]) -> list[str]:
   """The paper's own winning cell: the char-LSTM's Adam against Entropy-Adam (Markdown lines).
 
@@ -547,9 +571,8 @@ def lstm_cell(runs: Optional[dict[str, Any]]) -> list[str]:
                  reports.machines(recs) if recs else "-", reports.codes(recs) if recs else "-"])
   lines += writing.table(["optimizer", "cell", "test bpc at the last evaluation", "run on",
                           "code"], rows)
-  if all(done for _, done in status.values()):
-    a, b = by_opt["entropy"], by_opt["adam"]
-    judged = reports.judge(a, [r["metric"][-1] for r in a], b, [r["metric"][-1] for r in b])
+  judged = lstm_verdict(by_opt)
+  if judged is not None:
     lines += ["", f"Verdict, Entropy-Adam vs Adam: {judged.text()}."]
   else:
     lines += ["", "Verdict: pending. Complete it with "
@@ -904,8 +927,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
   the_map.save()
   if args.readme:
     readme = pathlib.Path(args.readme)
-    readme.write_text(readme_with_headline(readme.read_text(), headline(the_map.db,
-                                                                        the_map.preset)))
+    line = f"{headline(the_map.db, the_map.preset)} {lstm_headline(load_lstm(the_map.out))}"
+    readme.write_text(readme_with_headline(readme.read_text(), line))
   return the_map.db
 
 

@@ -156,6 +156,15 @@ def test_the_char_lstm_cell_is_judged_only_when_both_sides_are_complete_at_one_c
   assert "Verdict, Entropy-Adam vs Adam: **win** (-0.100, p = 0.000)." in done
   assert regimes.lstm_missing(_lstm_runs({"adam": "c", "entropy": "c"},
                                          {"adam": 1.6, "entropy": 1.5})) == []
+  assert regimes.lstm_headline(None) == (
+      "The paper's own winning cell, the char-LSTM on the KJV text at 25 effective epochs: "
+      "pending (Adam: missing; Entropy-Adam: missing).")
+  assert regimes.lstm_headline(partial).endswith(
+      "pending (Adam: partial: 12 of 25 effective epochs; Entropy-Adam: partial: 12 of 25 "
+      "effective epochs).")
+  assert regimes.lstm_headline(_lstm_runs({"adam": "c", "entropy": "c"},
+                                          {"adam": 1.6, "entropy": 1.5})).endswith(
+      "25 effective epochs: Entropy-Adam against Adam: **win** (-0.100, p = 0.000).")
   apart = "\n".join(regimes.lstm_cell(_lstm_runs({"adam": "c", "entropy": "d"},
                                                    {"adam": 1.6, "entropy": 1.5})))
   assert "Verdict, Entropy-Adam vs Adam: n/a (different commits (d, c))." in apart
@@ -197,7 +206,8 @@ def test_the_readme_and_the_findings_page_say_what_the_committed_map_shows():
   db = json.loads((results / "regimes.json").read_text())
   lines = regimes.findings(db, regimes.PRESETS["cpu"])
   readme = " ".join((regimes.HERE.parent / "README.md").read_text().split())
-  assert "So far: " + regimes.headline(db, regimes.PRESETS["cpu"]) in readme
+  assert ("So far: " + regimes.headline(db, regimes.PRESETS["cpu"]) + " "
+          + regimes.lstm_headline(regimes.load_lstm(results))) in readme
   assert (results / "findings.md").read_text() == regimes.findings_page(
       db, regimes.PRESETS["cpu"], regimes.load_lstm(results))
   assert lines[0] in (results / "findings.md").read_text()
