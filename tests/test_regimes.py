@@ -245,6 +245,23 @@ def test_what_to_try_first_holds_for_the_map_too():
           "docs/when.md says no Entropy-SGD recipe does")
 
 
+def test_the_results_page_says_what_the_complete_map_shows():
+  """docs/results.md's sentence on the map: every regime complete, no win over SGD-Nesterov or
+  Adam, a win over SAM everywhere (either recipe, final or best-on-validation)."""
+  page = " ".join((regimes.HERE.parent / "docs" / "results.md").read_text().split())
+  assert ("All six regimes are measured: in none does either Entropy-SGD recipe beat "
+          "SGD-Nesterov or Adam, and in every one both beat SAM.") in page
+  db = json.loads((regimes.HERE / "results" / "regimes" / "regimes.json").read_text())
+  preset = regimes.PRESETS["cpu"]
+  assert regimes.complete_regimes(db, preset) == list(regimes.ORDER)
+  for name in regimes.ORDER:
+    verdicts = regimes.regime_summary(db, name, preset)["verdicts"]
+    assert not any(v["verdict"] == "win" and v["baseline"] in ("sgd", "adam") for v in verdicts)
+    for recipe in regimes.ENTROPY:
+      assert any(v["verdict"] == "win" and v["baseline"] == "sam" and v["entropy"] == recipe
+                 for v in verdicts), f"{name}: {regimes.LABELS[recipe]} did not beat SAM"
+
+
 def test_the_committed_records_name_no_path_of_the_machine_that_ran_them():
   text = (regimes.HERE / "results" / "regimes" / "regimes.json").read_text()
   assert "/benchmarks/results/" not in text  # an absolute path into a checkout's results
