@@ -529,7 +529,12 @@ def lstm_records(runs: Optional[dict[str, Any]]) -> dict[str, list[dict[str, Any
 
 
 def lstm_verdict(by_opt: dict[str, list[dict[str, Any]]]) -> Optional[reports.Judgement]:
-  """Entropy-Adam against Adam on the last test bpc; None until both cells are complete."""
+  """Entropy-Adam against Adam on the last test bpc; None until both cells are complete.
+
+  Examples:
+    >>> lstm_verdict(lstm_records(None)) is None
+    True
+  """
   if not all(reproduce.cell_status("charlstm", o, recs, LSTM_BUDGET)[1]
              for o, recs in by_opt.items()):
     return None
@@ -538,7 +543,13 @@ def lstm_verdict(by_opt: dict[str, list[dict[str, Any]]]) -> Optional[reports.Ju
 
 
 def lstm_headline(runs: Optional[dict[str, Any]]) -> str:
-  """The char-LSTM cell in one sentence: its verdict, or what each side has run so far."""
+  """The char-LSTM cell in one sentence: its verdict, or what each side has run so far.
+
+  Examples:
+    >>> lstm_headline(None)  # doctest: +NORMALIZE_WHITESPACE
+    "The paper's own winning cell, the char-LSTM on the KJV text at 25 effective epochs:
+    pending (Adam: missing; Entropy-Adam: missing)."
+  """
   by_opt = lstm_records(runs)
   judged = lstm_verdict(by_opt)
   if judged is not None:
