@@ -528,6 +528,24 @@ def lstm_records(runs: Optional[dict[str, Any]]) -> dict[str, list[dict[str, Any
                     key=lambda r: r["seed"]) for o in LSTM_OPTIMIZERS}
 
 
+def lstm_lowest(records: list[dict[str, Any]]) -> Optional[tuple[int, float]]:
+  """The lowest of the seeds' mean test bpc and its effective epoch (None: no records).
+
+  The seeds' curves are averaged over the effective epochs that every seed has reached.
+
+  Examples:
+    >>> lstm_lowest([{"eff_epochs": [1, 2, 3], "metric": [2.0, 1.5, 1.7]},
+    ...              {"eff_epochs": [1, 2], "metric": [2.2, 1.7]}])
+    (2, 1.6)
+  """
+  if not records:
+    return None
+  n = min(len(r["metric"]) for r in records)
+  means = np.mean([r["metric"][:n] for r in records], axis=0)
+  i = int(np.argmin(means))
+  return int(records[0]["eff_epochs"][i]), round(float(means[i]), 6)
+
+
 def lstm_verdict(by_opt: dict[str, list[dict[str, Any]]]) -> Optional[reports.Judgement]:
   """Entropy-Adam against Adam on the last test bpc; None until both cells are complete.
 
@@ -575,13 +593,22 @@ def lstm_cell(runs: Optional[dict[str, Any]]) -> list[str]:
            f"{LSTM_BUDGET.total} effective epochs, {LSTM_BUDGET.seeds} seeds, test bits per "
            "character; both cells on one machine, at one commit.", ""]
   status = {o: reproduce.cell_status("charlstm", o, by_opt[o], LSTM_BUDGET) for o in by_opt}
-  rows = []
+  rows, rose = [], []
   for o, recs in by_opt.items():
+    low = lstm_lowest(recs)
     rows.append([reproduce.label("charlstm", o), status[o][0],
                  writing.mean_std([r["metric"][-1] for r in recs], 3) if recs else "-",
+                 f"{low[1]:.3f} (epoch {low[0]})" if low else "-",
                  reports.machines(recs) if recs else "-", reports.codes(recs) if recs else "-"])
-  lines += writing.table(["optimizer", "cell", "test bpc at the last evaluation", "run on",
-                          "code"], rows)
+    last = float(np.mean([r["metric"][-1] for r in recs])) if low else 0.0
+    if low and last > low[1] + 0.005:
+      rose.append(f"{reproduce.label('charlstm', o)}'s mean test bpc was lowest at effective "
+                  f"epoch {low[0]} ({low[1]:.3f}) and rose after it, to {last:.3f} at the last "
+                  "evaluation (the verdict is on the last).")
+  lines += writing.table(["optimizer", "cell", "test bpc at the last evaluation",
+                          "lowest mean test bpc (effective epoch)", "run on", "code"], rows)
+  if rose:
+    lines += ["", *rose]
   judged = lstm_verdict(by_opt)
   if judged is not None:
     lines += ["", f"Verdict, Entropy-Adam vs Adam: {judged.text()}."]

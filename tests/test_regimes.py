@@ -170,6 +170,18 @@ def test_the_char_lstm_cell_is_judged_only_when_both_sides_are_complete_at_one_c
   assert "Verdict, Entropy-Adam vs Adam: n/a (different commits (d, c))." in apart
 
 
+def test_the_char_lstm_cell_gives_each_sides_lowest_mean_and_says_when_its_curve_rose():
+  # Curves at 2.0 for 24 effective epochs, then 2.1 + 0.01 * seed (Entropy-Adam) and 1.6 (Adam).
+  cell = "\n".join(regimes.lstm_cell(_lstm_runs({"adam": "c", "entropy": "c"},
+                                                   {"adam": 1.6, "entropy": 2.1})))
+  assert "| Adam | complete (3 seeds) | 1.610 ± 0.010 | 1.610 (epoch 25) |" in cell
+  assert "| Entropy-Adam | complete (3 seeds) | 2.110 ± 0.010 | 2.000 (epoch 1) |" in cell
+  assert ("Entropy-Adam's mean test bpc was lowest at effective epoch 1 (2.000) and rose after "
+          "it, to 2.110 at the last evaluation (the verdict is on the last).") in cell
+  assert "Adam's mean test bpc was lowest" not in cell.replace("Entropy-Adam's", "")
+  assert "Verdict, Entropy-Adam vs Adam: **loss** (+0.500, p = 0.000)." in cell
+
+
 @pytest.mark.slow
 def test_quick_map_records_regime_provenance_and_both_test_errors_then_resumes(tmp_path):
   out = tmp_path / "out"
