@@ -262,7 +262,9 @@ def test_the_results_page_says_what_the_complete_map_shows():
   Adam, a win over SAM everywhere (either recipe, final or best-on-validation)."""
   page = " ".join((regimes.HERE.parent / "docs" / "results.md").read_text().split())
   assert ("All six regimes are measured: in none does either Entropy-SGD recipe beat "
-          "SGD-Nesterov or Adam, and in every one both beat SAM.") in page
+          "SGD-Nesterov or Adam, and in every one both beat SAM (on the final test error, "
+          "except the Bocconi recipe at batch 2048: a tie there, a win on the best-on-validation "
+          "error).") in page
   db = json.loads((regimes.HERE / "results" / "regimes" / "regimes.json").read_text())
   preset = regimes.PRESETS["cpu"]
   assert regimes.complete_regimes(db, preset) == list(regimes.ORDER)
@@ -270,8 +272,11 @@ def test_the_results_page_says_what_the_complete_map_shows():
     verdicts = regimes.regime_summary(db, name, preset)["verdicts"]
     assert not any(v["verdict"] == "win" and v["baseline"] in ("sgd", "adam") for v in verdicts)
     for recipe in regimes.ENTROPY:
-      assert any(v["verdict"] == "win" and v["baseline"] == "sam" and v["entropy"] == recipe
-                 for v in verdicts), f"{name}: {regimes.LABELS[recipe]} did not beat SAM"
+      against_sam = {v["metric"]: v["verdict"] for v in verdicts
+                     if v["baseline"] == "sam" and v["entropy"] == recipe}
+      expected = ({"final": "tie", "best_val": "win"} if (name, recipe) == ("batch2048", "bocconi")
+                  else {"final": "win", "best_val": against_sam["best_val"]})
+      assert against_sam == expected and "win" in against_sam.values(), (name, recipe, against_sam)
 
 
 def test_the_committed_records_name_no_path_of_the_machine_that_ran_them():
