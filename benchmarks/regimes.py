@@ -603,8 +603,8 @@ def lstm_cell(runs: Optional[dict[str, Any]]) -> list[str]:
     last = float(np.mean([r["metric"][-1] for r in recs])) if low else 0.0
     if low and last > low[1] + 0.005:
       rose.append(f"{reproduce.label('charlstm', o)}'s mean test bpc was lowest at effective "
-                  f"epoch {low[0]} ({low[1]:.3f}) and rose after it, to {last:.3f} at the last "
-                  "evaluation (the verdict is on the last).")
+                  f"epoch {low[0]} ({low[1]:.3f}), not at the end: {last:.3f} at the last "
+                  "evaluation, the one the verdict compares.")
   lines += writing.table(["optimizer", "cell", "test bpc at the last evaluation",
                           "lowest mean test bpc (effective epoch)", "run on", "code"], rows)
   if rose:
